@@ -1,0 +1,145 @@
+"""The one Delta writer: schema-checked, per-slide idempotent, race-retrying.
+
+Every table write in the project goes through :func:`write_partition` or
+:func:`write_whole`. They refuse a frame whose columns or types differ from the table's
+:class:`~pathgen_dagster.lib.schemas.TableSpec` (deltalake would silently cast them), replace
+exactly one slide's rows, retry a commit that lost a race with another writer, and return the
+committed table version so rows downstream can record what they were built from.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from pathgen_dagster.lib.schemas import TableSpec
+
+MAX_COMMIT_ATTEMPTS = 8
+
+
+class SchemaMismatch(ValueError):
+    """A frame does not match its table's declared schema; nothing was written."""
+
+
+def conform(spec: TableSpec, rows: pa.Table | pl.DataFrame) -> pa.Table:
+    """``rows`` as an Arrow table in the spec's column order, or SchemaMismatch.
+
+    Column names must match exactly. A type must be identical, except that a column that
+    is entirely null may be of null type, and large/small string or binary variants (what
+    polars produces) are accepted: those casts cannot lose data.
+    """
+    table = rows.to_arrow() if isinstance(rows, pl.DataFrame) else rows
+    expected = spec.schema
+    missing = set(expected.names) - set(table.column_names)
+    extra = set(table.column_names) - set(expected.names)
+    if missing or extra:
+        raise SchemaMismatch(
+            f"table {spec.name!r}: missing columns {sorted(missing)}, "
+            f"unexpected columns {sorted(extra)}"
+        )
+    columns = []
+    for field in expected:
+        column = table.column(field.name)
+        if not _lossless(column.type, field.type):
+            raise SchemaMismatch(
+                f"table {spec.name!r}: column {field.name!r} has type {column.type}, "
+                f"the schema says {field.type}; refusing a cast that could lose data"
+            )
+        if not field.nullable and column.null_count:
+            raise SchemaMismatch(
+                f"table {spec.name!r}: column {field.name!r} has {column.null_count} nulls "
+                "but is declared non-null"
+            )
+        columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=expected)
+
+
+def _lossless(actual: pa.DataType, declared: pa.DataType) -> bool:
+    if actual == declared or pa.types.is_null(actual):
+        return True
+    same_family = [
+        (pa.types.is_string, pa.types.is_large_string),
+        (pa.types.is_binary, pa.types.is_large_binary),
+    ]
+    for small, large in same_family:
+        if (small(actual) or large(actual)) and (small(declared) or large(declared)):
+            return True
+    if pa.types.is_timestamp(actual) and pa.types.is_timestamp(declared):
+        return actual.unit == declared.unit and (actual.tz or "UTC") == (declared.tz or "UTC")
+    if _is_list(actual) and _is_list(declared):
+        return _lossless(actual.value_type, declared.value_type) and (
+            not pa.types.is_fixed_size_list(declared)
+            or getattr(actual, "list_size", None) in (None, declared.list_size)
+        )
+    return False
+
+
+def _is_list(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(data_type)
+        or pa.types.is_large_list(data_type)
+        or pa.types.is_fixed_size_list(data_type)
+    )
+
+
+def table_version(uri: str) -> int | None:
+    """Current version of the Delta table at ``uri``, or None when it does not exist yet."""
+    try:
+        return DeltaTable(uri).version()
+    except TableNotFoundError:
+        return None
+
+
+def write_partition(uri: str, spec: TableSpec, slide_id: str, rows: pa.Table | pl.DataFrame) -> int:
+    """Replace exactly ``slide_id``'s rows of the table at ``uri``; return the new version.
+
+    Every row must belong to ``slide_id``. Zero rows is valid: the slide's old rows are
+    removed and the (empty) result is committed, so "this slide has no tiles" is recorded.
+    """
+    table = conform(spec, rows)
+    if table.num_rows and set(table.column("slide_id").to_pylist()) != {slide_id}:
+        raise SchemaMismatch(f"table {spec.name!r}: rows of other slides in partition {slide_id!r}")
+    predicate = f"slide_id = '{_quote(slide_id)}'"
+    return _commit(uri, table, spec, predicate=predicate)
+
+
+def write_whole(uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame) -> int:
+    """Replace the whole (unpartitioned) table at ``uri``; return the new version."""
+    return _commit(uri, conform(spec, rows), spec, predicate=None)
+
+
+def append(uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame) -> int:
+    """Append rows (for append-only tables such as the response cache); return the version."""
+    table = conform(spec, rows)
+    return _commit(uri, table, spec, predicate=None, mode="append")
+
+
+def _commit(uri: str, table: pa.Table, spec: TableSpec, *, predicate: str | None, mode: str = "overwrite") -> int:
+    Path(uri).mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        try:
+            write_deltalake(
+                uri,
+                table,
+                mode=mode,
+                predicate=predicate if table_version(uri) is not None else None,
+                partition_by=list(spec.partition_by) or None,
+                schema_mode=None,
+            )
+            return DeltaTable(uri).version()
+        except CommitFailedError:
+            if attempt == MAX_COMMIT_ATTEMPTS:
+                raise
+            # Another writer committed first (optimistic concurrency): back off and retry.
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
