@@ -30,9 +30,11 @@ class SchemaMismatch(ValueError):
 def conform(spec: TableSpec, rows: pa.Table | pl.DataFrame) -> pa.Table:
     """``rows`` as an Arrow table in the spec's column order, or SchemaMismatch.
 
-    Column names must match exactly. A type must be identical, except that a column that
-    is entirely null may be of null type, and large/small string or binary variants (what
-    polars produces) are accepted: those casts cannot lose data.
+    Column names must match exactly. A type must be identical, or a cast that keeps every
+    value: an all-null column, large/small string, binary and list variants (what polars
+    produces), integer to integer when every value fits (checked), and float width (float64
+    embeddings stored as float32). Anything else (a float into an integer column, numbers
+    into a string column) is refused, which deltalake itself would silently cast.
     """
     table = rows.to_arrow() if isinstance(rows, pl.DataFrame) else rows
     expected = spec.schema
@@ -56,13 +58,22 @@ def conform(spec: TableSpec, rows: pa.Table | pl.DataFrame) -> pa.Table:
                 f"table {spec.name!r}: column {field.name!r} has {column.null_count} nulls "
                 "but is declared non-null"
             )
-        columns.append(column.cast(field.type))
+        try:
+            columns.append(column.cast(field.type, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise SchemaMismatch(
+                f"table {spec.name!r}: column {field.name!r} cannot be stored as "
+                f"{field.type}: {error}"
+            ) from None
     return pa.Table.from_arrays(columns, schema=expected)
 
 
 def _lossless(actual: pa.DataType, declared: pa.DataType) -> bool:
     if actual == declared or pa.types.is_null(actual):
         return True
+    for family in (pa.types.is_integer, pa.types.is_floating):
+        if family(actual) and family(declared):
+            return True
     same_family = [
         (pa.types.is_string, pa.types.is_large_string),
         (pa.types.is_binary, pa.types.is_large_binary),
@@ -120,7 +131,9 @@ def append(uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame) -> int:
     return _commit(uri, table, spec, predicate=None, mode="append")
 
 
-def _commit(uri: str, table: pa.Table, spec: TableSpec, *, predicate: str | None, mode: str = "overwrite") -> int:
+def _commit(
+    uri: str, table: pa.Table, spec: TableSpec, *, predicate: str | None, mode: str = "overwrite"
+) -> int:
     Path(uri).mkdir(parents=True, exist_ok=True)
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:

@@ -50,7 +50,9 @@ class TableSpec:
 PROVENANCE = (
     Column("run_id", pa.string(), "Dagster run that wrote the row"),
     Column("config_hash", pa.string(), "sha256 (16 hex) of the stage config that produced the row"),
-    Column("upstream_version", pa.int64(), "Delta version of the upstream table that was read", True),
+    Column(
+        "upstream_version", pa.int64(), "Delta version of the upstream table that was read", True
+    ),
 )
 
 SLIDE_ID = Column("slide_id", pa.string(), "sanitised slide id, the Dagster partition key")

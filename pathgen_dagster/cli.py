@@ -1,0 +1,110 @@
+"""``pathgen``: the command line of the lakehouse (samples, register, run, sql)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+
+def _lakehouse(args: argparse.Namespace):
+    from pathgen_dagster.resources.lakehouse import Lakehouse
+
+    return Lakehouse(root=args.lakehouse)
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from pathgen_dagster.lib.samples import build_landing_zone, write_faulty_files
+
+    started = time.perf_counter()
+    paths = build_landing_zone(Path(args.directory))
+    if args.with_faulty:
+        paths += write_faulty_files(Path(args.directory))
+    for path in paths:
+        print(f"{path.stat().st_size:>12,d}  {path}")
+    print(f"{len(paths)} files in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pathgen_dagster.sensors import register_landing
+
+    with dg.DagsterInstance.get() as instance:
+        added, rejected = register_landing(
+            instance, _lakehouse(args), Path(args.landing), batch_size=args.batch_size
+        )
+    print(f"registered {len(added)} new slide partitions: {', '.join(added) or '-'}")
+    for item in rejected:
+        print(f"rejected {item.path.name}: {item.reason}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pathgen_dagster.partitions import SLIDES_PARTITION
+    from pathgen_dagster.runner import run_slides
+
+    with dg.DagsterInstance.get() as instance:
+        slides = args.slide or instance.get_dynamic_partitions(SLIDES_PARTITION)
+        outcomes = run_slides(instance, slides, selection=args.select, progress=print)
+    failed = [o for o in outcomes if not o.success]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} slides succeeded")
+    for outcome in failed:
+        print(f"FAILED {outcome.slide_id}: {outcome.error}")
+    return 1 if failed and args.strict else 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    query = args.query if args.query != "-" else sys.stdin.read()
+    frame = _lakehouse(args).sql(query)
+    with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
+        print(frame)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pathgen", description=__doc__)
+    parser.add_argument(
+        "--lakehouse",
+        default=os.environ.get("PATHGEN_LAKEHOUSE", "lakehouse"),
+        help="folder of the Delta tables (env PATHGEN_LAKEHOUSE; default ./lakehouse)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    samples = commands.add_parser("samples", help="write the sample slide landing zone")
+    samples.add_argument("directory")
+    samples.add_argument("--with-faulty", action="store_true", help="also write unreadable files")
+    samples.set_defaults(func=cmd_samples)
+
+    register = commands.add_parser("register", help="register new landing slides as partitions")
+    register.add_argument("--landing", default=os.environ.get("PATHGEN_LANDING", "landing"))
+    register.add_argument("--batch-size", type=int, default=500)
+    register.set_defaults(func=cmd_register)
+
+    run = commands.add_parser("run", help="materialize assets for slide partitions, slide by slide")
+    run.add_argument("--select", default="*", help="Dagster asset selection (default: all)")
+    run.add_argument("--slide", action="append", help="slide id (repeat); default: every slide")
+    run.add_argument("--strict", action="store_true", help="exit 1 when any slide fails")
+    run.set_defaults(func=cmd_run)
+
+    sql = commands.add_parser("sql", help="DuckDB SQL over every Delta table ('-' reads stdin)")
+    sql.add_argument("query")
+    sql.add_argument("--max-rows", type=int, default=50)
+    sql.set_defaults(func=cmd_sql)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""What the Dagster UI shows for a materialization: counts, previews, pictures, timings."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from pathgen_dagster.lib.schemas import TableSpec
+
+
+def config_hash(config: dg.Config | dict) -> str:
+    """sha256 (16 hex) of a stage config, recorded on every row it produced."""
+    values = config if isinstance(config, dict) else config.model_dump()
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def column_schema(spec: TableSpec) -> dg.TableSchema:
+    """The table's columns as Dagster shows them on the asset page."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(c.name, str(c.type), description=c.doc) for c in spec.columns]
+    )
+
+
+def preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
+    """A markdown table of the first ``rows`` rows of ``columns``."""
+    head = frame.select(columns).head(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in head.iter_rows():
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append(
+            "| "
+            + " | ".join(cell.replace("|", "/").replace("\n", " ")[:160] for cell in cells)
+            + " |"
+        )
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def picture(image: np.ndarray, path: Path, title: str) -> dict[str, dg.MetadataValue]:
+    """Save ``image`` as PNG at ``path`` and return metadata that shows it inline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return {
+        title: dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})"),
+        f"{title} file": dg.MetadataValue.path(str(path)),
+    }
