@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test lint ui bench clean
+.PHONY: install demo test lint ui bench clean register
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,27 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 install: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+$(LANDING)/manifest.csv: | install
+	$(VENV)/bin/pathgen samples $(LANDING) --with-faulty
+
+register: install $(DAGSTER_HOME)/dagster.yaml $(LANDING)/manifest.csv
+	$(VENV)/bin/pathgen register
+
+# The main job end to end on the embedded defaults, slide by slide, then a SQL summary.
+demo: register
+	$(VENV)/bin/pathgen demo
+
+# The Dagster UI on http://127.0.0.1:3000 (materialize, backfill, read checks).
+ui: register
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install $(LANDING)/manifest.csv
+	$(PY) scripts/bench_tiles.py $(LANDING)/synthetic-aperio-40x.svs
 
 lint: install
 	$(VENV)/bin/ruff check .

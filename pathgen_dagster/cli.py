@@ -61,6 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed and args.strict else 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathgen_dagster.demo import run_demo
+
+    return run_demo(_lakehouse(args))
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     query = args.query if args.query != "-" else sys.stdin.read()
     frame = _lakehouse(args).sql(query)
@@ -93,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slide", action="append", help="slide id (repeat); default: every slide")
     run.add_argument("--strict", action="store_true", help="exit 1 when any slide fails")
     run.set_defaults(func=cmd_run)
+
+    demo = commands.add_parser("demo", help="run every stage for every slide and summarise")
+    demo.set_defaults(func=cmd_demo)
 
     sql = commands.add_parser("sql", help="DuckDB SQL over every Delta table ('-' reads stdin)")
     sql.add_argument("query")
