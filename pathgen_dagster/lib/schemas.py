@@ -113,6 +113,184 @@ TILES = TableSpec(
     ),
 )
 
+# -- Stage A: embeddings and representative patches -------------------------------------
+
+PATCH_EMBEDDINGS = TableSpec(
+    "patch_embeddings",
+    "One image embedding per tile, plus the tile's measured morphology.",
+    (
+        Column("tile_id", pa.string(), "tile the embedding belongs to"),
+        SLIDE_ID,
+        Column("x", pa.int64(), "level-0 x of the tile"),
+        Column("y", pa.int64(), "level-0 y of the tile"),
+        Column(
+            "encoder_id", pa.string(), "image encoder and version (morphology-v1, open_clip:...)"
+        ),
+        Column("dim", pa.int32(), "embedding length; every row of one encoder has the same"),
+        Column(
+            "embedding",
+            pa.list_(pa.float32()),
+            "L2-normalised embedding (Delta has no fixed-size list; length = dim, checked)",
+        ),
+        Column(
+            "facts_json", pa.string(), "measured morphology of the tile (MorphologyFacts, JSON)"
+        ),
+        Column("facts_sentence", pa.string(), "the measured morphology as one factual sentence"),
+        Column("cellularity", pa.string(), "measured cellularity band (low/moderate/high)"),
+        Column("nuclei_density_per_mm2", pa.float64(), "nuclei per mm2 of tissue"),
+        *PROVENANCE,
+    ),
+)
+
+PATCHES = TableSpec(
+    "patches",
+    "Representative patches of a slide (PathGen stage A) with their 672 px JPEG images.",
+    (
+        Column("patch_id", pa.string(), "patch id (= tile id of the selected tile)"),
+        SLIDE_ID,
+        Column("x", pa.int64(), "level-0 x of the patch"),
+        Column("y", pa.int64(), "level-0 y of the patch"),
+        Column("level", pa.int32(), "pyramid level read"),
+        Column("size_px", pa.int32(), "patch side in level-0 pixels"),
+        Column("mpp", pa.float64(), "microns per pixel at level 0", True),
+        Column("reasons", pa.list_(pa.string()), "why selected: attribute, report, cluster"),
+        Column("attribute_score", pa.float64(), "max over site prompts of 100 x cosine"),
+        Column("report_score", pa.float64(), "sum over report findings of 100 x cosine", True),
+        Column("top_prompt", pa.string(), "the site prompt this patch matched best"),
+        Column("cluster_id", pa.int32(), "K-means cluster of the patch"),
+        Column("k", pa.int32(), "number of K-means clusters for the slide"),
+        Column("tissue_site", pa.string(), "site whose prompts were used"),
+        Column("prompt_library_version", pa.string(), "sha256 (12 hex) of the prompt library"),
+        Column("encoder_id", pa.string(), "image encoder used for selection"),
+        Column("text_encoder_id", pa.string(), "text encoder used for retrieval"),
+        Column("selection_config", pa.string(), "selection config as JSON"),
+        Column("facts_json", pa.string(), "measured morphology of the patch (JSON)"),
+        Column("image_jpeg", pa.binary(), "the patch as JPEG bytes, size_px x size_px"),
+        Column("image_sha256", pa.string(), "sha256 of image_jpeg"),
+        *PROVENANCE,
+    ),
+)
+
+# -- Stages B-D: caption agents ------------------------------------------------------------
+
+AGENT_PROVENANCE = (
+    Column("backend", pa.string(), "grounded, embedded or vllm"),
+    Column("model_id", pa.string(), "model that wrote the text (or the grounded verbaliser id)"),
+    Column("template_id", pa.string(), "prompt template id and version"),
+    Column("template_hash", pa.string(), "sha256 (16 hex) of the prompt template"),
+    Column("sampling_json", pa.string(), "sampling parameters and seed as JSON"),
+    Column("prompt_tokens", pa.int64(), "tokens sent to the model (0 for grounded)"),
+    Column("completion_tokens", pa.int64(), "tokens the model returned (0 for grounded)"),
+    Column("latency_s", pa.float64(), "seconds the model took, summed over attempts"),
+    Column("attempts", pa.int32(), "model calls made for this row (0 = cache or grounded)"),
+    Column("finish_reason", pa.string(), "the model's finish reason", True),
+    Column("cache_hit", pa.bool_(), "the text came from the response cache"),
+    Column(
+        "status", pa.string(), "ok, fallback (grounded text replaced a rejected output), failed"
+    ),
+    Column("failure_reason", pa.string(), "why the model output was rejected", True),
+)
+
+DESCRIPTIONS = TableSpec(
+    "descriptions",
+    "Description agent (stage B): a detailed morphology description of each patch.",
+    (
+        Column("patch_id", pa.string(), "patch described"),
+        SLIDE_ID,
+        Column("description", pa.string(), "the description", True),
+        Column("facts_json", pa.string(), "measured facts the description is grounded in"),
+        *AGENT_PROVENANCE,
+        *PROVENANCE,
+    ),
+)
+
+REVISED_DESCRIPTIONS = TableSpec(
+    "revised_descriptions",
+    "Revise agent (stage C): the corrected description and its structured edit log.",
+    (
+        Column("patch_id", pa.string(), "patch described"),
+        SLIDE_ID,
+        Column("draft", pa.string(), "the description agent's text", True),
+        Column("revised", pa.string(), "the corrected description", True),
+        Column("edits_json", pa.string(), "edit log: [{op, span, replacement, reason}] as JSON"),
+        Column("n_edits", pa.int32(), "number of edits"),
+        *AGENT_PROVENANCE,
+        *PROVENANCE,
+    ),
+)
+
+CAPTIONS = TableSpec(
+    "captions",
+    "Summary agent (stage D): a caption that fits CLIP's 77-token window.",
+    (
+        Column("patch_id", pa.string(), "patch captioned"),
+        SLIDE_ID,
+        Column("caption", pa.string(), "the caption", True),
+        Column("clip_tokens", pa.int32(), "CLIP BPE tokens including start and end"),
+        Column("fits_clip", pa.bool_(), "clip_tokens <= 77"),
+        *AGENT_PROVENANCE,
+        *PROVENANCE,
+    ),
+)
+
+LLM_RESPONSES = TableSpec(
+    "llm_responses",
+    "Response cache of every model call, written as results arrive (resumable runs).",
+    (
+        Column("cache_key", pa.string(), "sha256 of model, template hash, input hash, sampling"),
+        SLIDE_ID,
+        Column("agent", pa.string(), "description, revision or summary"),
+        Column("patch_id", pa.string(), "patch the request was about"),
+        Column("model_id", pa.string(), "model asked"),
+        Column("template_hash", pa.string(), "prompt template hash"),
+        Column("input_hash", pa.string(), "sha256 of the rendered messages"),
+        Column("text", pa.string(), "what the model returned", True),
+        Column("finish_reason", pa.string(), "finish reason", True),
+        Column("prompt_tokens", pa.int64(), "prompt tokens"),
+        Column("completion_tokens", pa.int64(), "completion tokens"),
+        Column("latency_s", pa.float64(), "seconds"),
+        Column("created_at", pa.timestamp("us", tz="UTC"), "when the answer arrived"),
+    ),
+)
+
+# -- Quality -------------------------------------------------------------------------------
+
+CAPTION_QUALITY = TableSpec(
+    "caption_quality",
+    "Every caption's quality measures, per-rule pass/fail and verdict (failures quarantined).",
+    (
+        Column("patch_id", pa.string(), "patch whose caption was checked"),
+        SLIDE_ID,
+        Column("caption", pa.string(), "the caption checked", True),
+        Column("clip_tokens", pa.int32(), "CLIP tokens including start and end"),
+        Column("description_words", pa.int32(), "words in the revised description"),
+        Column(
+            "unsupported_claims",
+            pa.list_(pa.string()),
+            "caption terms the description does not support",
+        ),
+        Column(
+            "contradictions",
+            pa.list_(pa.string()),
+            "description claims the measured morphology contradicts",
+        ),
+        Column("alignment_score", pa.float64(), "image-text alignment score"),
+        Column(
+            "max_duplicate_similarity",
+            pa.float64(),
+            "highest caption similarity to another caption",
+        ),
+        Column("duplicate_of", pa.string(), "patch id of the near-duplicate caption", True),
+        Column("rule_results_json", pa.string(), "{rule: passed} for every rule, JSON"),
+        Column("failed_rules", pa.list_(pa.string()), "rules that failed"),
+        Column("severe_failure", pa.bool_(), "a blocking (severe) rule failed"),
+        Column("quality_score", pa.float64(), "share of rules passed, 0-1"),
+        Column("passed", pa.bool_(), "overall verdict: every rule passed"),
+        Column("ruleset_version", pa.string(), "quality rule-set version"),
+        *PROVENANCE,
+    ),
+)
+
 # Later stages add their TableSpec constants above this line, one section per stage.
 # -- end of table specs --
 
