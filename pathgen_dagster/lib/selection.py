@@ -203,6 +203,7 @@ def select(
     *,
     prompt_emb: Embeddings,
     finding_emb: Embeddings | None = None,
+    retrieval_emb: Embeddings | None = None,
     cfg: SelectionConfig = DEFAULT_SELECTION,
 ) -> SelectionResult:
     """Returns the representative tiles of one slide and why each was chosen.
@@ -219,11 +220,18 @@ def select(
         image_emb: (n_tiles, d) tile embeddings; zero tiles give an empty result.
         prompt_emb: (n_prompts, d) attribute prompt embeddings, in the same space.
         finding_emb: (n_findings, d) report finding embeddings, or None without a report.
+        retrieval_emb: (n_tiles, d') the tiles' side of prompt retrieval when it lives in
+            another space than ``image_emb`` (the weight-free default ranks MiniLM
+            embeddings of measured-morphology sentences); None ranks ``image_emb`` itself,
+            as PathGen did with CLIP. Clustering and dedup always use ``image_emb``.
         cfg: selection knobs; PathGen's by default.
     """
     image = _as_matrix(image_emb, "image_emb")
-    attribute, top_prompt = attribute_scores(image, prompt_emb)
-    report = report_scores(image, finding_emb)
+    ranked = image if retrieval_emb is None else _as_matrix(retrieval_emb, "retrieval_emb")
+    if len(ranked) != len(image):
+        raise ValueError(f"retrieval_emb has {len(ranked)} rows for {len(image)} tiles")
+    attribute, top_prompt = attribute_scores(ranked, prompt_emb)
+    report = report_scores(ranked, finding_emb)
     k = cluster_count(len(image), cfg)
     quota = per_cluster_quota(k, cfg)
     labels, _ = kmeans(image, k, seed=cfg.seed, iterations=cfg.kmeans_iterations)

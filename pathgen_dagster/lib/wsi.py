@@ -136,3 +136,14 @@ def read_rgb(
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def read_tiles(
+    slide: openslide.OpenSlide, xs: list[int], ys: list[int], size_px: int, *, level: int = 0
+) -> np.ndarray:
+    """N x size x size x 3 uint8 RGB tiles at level-0 corners (xs, ys), read at ``level``."""
+    side = max(1, round(size_px / slide.level_downsamples[level]))
+    tiles = np.empty((len(xs), side, side, 3), dtype=np.uint8)
+    for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        tiles[index] = read_rgb(slide, int(x), int(y), level, (side, side))
+    return tiles
