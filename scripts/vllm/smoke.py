@@ -5,8 +5,8 @@
 1. GET /v1/models must list the model.
 2. POST /tokenize: the prompt must start with exactly one <bos> (id 2 for Gemma), both for a
    plain completion prompt and for a rendered chat; without it Gemma writes garbage.
-3. A few /v1/chat/completions requests (text only, greedy) and one few-shot /v1/completions
-   request; the answers are printed and must be non-empty.
+3. A few /v1/chat/completions requests (text only, greedy; one with OpenAI content parts) and
+   one few-shot /v1/completions request; the answers are printed and must be non-empty.
 4. Throughput: the same N prompts with the same max_tokens (ignore_eos, so each request
    generates exactly max_tokens), first one at a time, then all N in flight at once.
    Prints completion tokens/s for both and their ratio.
@@ -54,7 +54,9 @@ def http(url: str, payload: dict | None = None, timeout: float = 300.0) -> dict:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
-        raise RuntimeError(f"{url}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from None
+        raise RuntimeError(
+            f"{url}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}"
+        ) from None
 
 
 def chat(base: str, model: str, text: str, max_tokens: int, **extra) -> dict:
@@ -75,7 +77,10 @@ def bench(base: str, model: str, prompts: list[str], max_tokens: int, concurrent
         try:
             t = time.perf_counter()
             r = chat(base, model, prompts[i], max_tokens, ignore_eos=True)
-            results[i] = {"tokens": r["usage"]["completion_tokens"], "latency_s": time.perf_counter() - t}
+            results[i] = {
+                "tokens": r["usage"]["completion_tokens"],
+                "latency_s": time.perf_counter() - t,
+            }
         except Exception as e:  # reported below
             results[i] = e
 
@@ -105,12 +110,20 @@ def bench(base: str, model: str, prompts: list[str], max_tokens: int, concurrent
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8011 (a trailing /v1 is accepted)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "url", help="server base URL, e.g. http://127.0.0.1:8011 (a trailing /v1 is accepted)"
+    )
     ap.add_argument("--model", default="gemma-3-270m", help="served model name")
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per benchmark request")
-    ap.add_argument("--concurrency", type=int, default=8, help="requests in flight in the parallel run")
-    ap.add_argument("--bos-id", type=int, default=2, help="expected BOS token id (Gemma: 2); -1 skips")
+    ap.add_argument(
+        "--concurrency", type=int, default=8, help="requests in flight in the parallel run"
+    )
+    ap.add_argument(
+        "--bos-id", type=int, default=2, help="expected BOS token id (Gemma: 2); -1 skips"
+    )
     ap.add_argument("--no-bench", action="store_true", help="skip the throughput measurement")
     ap.add_argument("--json", help="write the measured numbers to this file")
     args = ap.parse_args(argv)
@@ -131,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         plain = http(f"{base}/tokenize", {"model": args.model, "prompt": "Hello world"})["tokens"]
         chat_toks = http(
             f"{base}/tokenize",
-            {"model": args.model, "messages": [{"role": "user", "content": "Hello"}],
-             "add_generation_prompt": True},
+            {
+                "model": args.model,
+                "messages": [{"role": "user", "content": "Hello"}],
+                "add_generation_prompt": True,
+            },
         )["tokens"]
         for name, toks in (("completion prompt", plain), ("chat prompt", chat_toks)):
             ok = toks[:1] == [args.bos_id] and toks[1:2] != [args.bos_id]
-            print(f"tokenize {name}: {toks[:6]}... {'ok' if ok else 'FAIL (want exactly one BOS first)'}")
+            verdict = "ok" if ok else "FAIL (want exactly one BOS first)"
+            print(f"tokenize {name}: {toks[:6]}... {verdict}")
             if not ok:
                 failures.append(f"BOS on {name}")
 
@@ -146,13 +163,41 @@ def main(argv: list[str] | None = None) -> int:
         r = chat(base, args.model, text, 48, stop=STOP)
         first = first or time.perf_counter() - t
         answer = r["choices"][0]["message"]["content"] or ""
-        print(f"\nchat> {text}\n  <  {answer.strip()!r}  [{r['usage']['completion_tokens']} tokens]")
+        print(
+            f"\nchat> {text}\n  <  {answer.strip()!r}  [{r['usage']['completion_tokens']} tokens]"
+        )
         if not answer.strip():
             failures.append(f"empty chat answer to {text!r}")
     report["first_chat_answer_s"] = round(first, 2)
 
-    r = http(f"{base}/v1/completions",
-             {"model": args.model, "prompt": FEW_SHOT, "max_tokens": 8, "temperature": 0.0, "stop": ["\n"]})
+    # OpenAI-style content parts (what a VLM client sends, minus the image): vLLM joins the
+    # text parts for a template that takes plain string content.
+    parts = [{"type": "text", "text": "What is the capital of"}, {"type": "text", "text": "Italy?"}]
+    r = http(
+        f"{base}/v1/chat/completions",
+        {
+            "model": args.model,
+            "messages": [{"role": "user", "content": parts}],
+            "max_tokens": 24,
+            "temperature": 0.0,
+            "stop": ["\n"],
+        },
+    )
+    answer = r["choices"][0]["message"]["content"] or ""
+    print(f"\nchat (content parts)> What is the capital of Italy?\n  <  {answer.strip()!r}")
+    if not answer.strip():
+        failures.append("empty answer to a content-parts message")
+
+    r = http(
+        f"{base}/v1/completions",
+        {
+            "model": args.model,
+            "prompt": FEW_SHOT,
+            "max_tokens": 8,
+            "temperature": 0.0,
+            "stop": ["\n"],
+        },
+    )
     answer = r["choices"][0]["text"]
     print(f"\ncompletion> ...What is the capital of France?\nA:\n  <  {answer.strip()!r}")
     report["few_shot_answer"] = answer.strip()
@@ -165,10 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         seq = bench(base, args.model, prompts, args.max_tokens, concurrent=False)
         par = bench(base, args.model, prompts, args.max_tokens, concurrent=True)
         ratio = par["tokens_per_s"] / seq["tokens_per_s"]
-        print(f"\n1 in flight : {seq['completion_tokens']} tokens in {seq['wall_s']} s = "
-              f"{seq['tokens_per_s']} tokens/s (mean latency {seq['mean_latency_s']} s)")
-        print(f"{args.concurrency} in flight : {par['completion_tokens']} tokens in {par['wall_s']} s = "
-              f"{par['tokens_per_s']} tokens/s (mean latency {par['mean_latency_s']} s)")
+        print(
+            f"\n1 in flight : {seq['completion_tokens']} tokens in {seq['wall_s']} s = "
+            f"{seq['tokens_per_s']} tokens/s (mean latency {seq['mean_latency_s']} s)"
+        )
+        print(
+            f"{args.concurrency} in flight : {par['completion_tokens']} tokens in "
+            f"{par['wall_s']} s = {par['tokens_per_s']} tokens/s "
+            f"(mean latency {par['mean_latency_s']} s)"
+        )
         print(f"ratio {args.concurrency}/1: {ratio:.2f}x")
         report.update(sequential=seq, concurrent=par, ratio=round(ratio, 2))
 
