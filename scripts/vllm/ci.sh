@@ -2,7 +2,7 @@
 # The whole CPU vLLM path, unattended, with timings (for .ci/run or by hand):
 #   setup venv -> build model folder -> start server -> smoke + throughput -> stop.
 #
-#   bash scripts/vllm/ci.sh            # measured on 2 shared cores: 3.5 min from a fresh
+#   bash scripts/vllm/ci.sh            # measured on 2 shared cores: 3.5-8.5 min from a fresh
 #                                      # clone, ~2 min when venv and model folder exist
 # Env: VLLM_VENV, VLLM_MODEL_DIR (default <repo>/models/gemma-3-270m), VLLM_PORT (default:
 # a free port), VLLM_EAGER (default 1: --enforce-eager, ~75 s faster start on 2 cores,
