@@ -75,6 +75,75 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pathgen_dagster.definitions import defs
+
+    definitions = defs()
+    graph = definitions.resolve_asset_graph()
+    # Whole-dataset SQL models and exports: everything unpartitioned that training_pairs feeds.
+    downstream = {
+        key
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).group_name in ("training_data", "exports")
+        and graph.get(key).partitions_def is None
+        and graph.get(key).is_materializable
+    }
+    if args.only:
+        wanted = {dg.AssetKey(name) for name in args.only}
+        unknown = wanted - downstream
+        if unknown:
+            names = sorted(k.to_user_string() for k in downstream)
+            print(f"unknown export {sorted(k.to_user_string() for k in unknown)}; known: {names}")
+            return 2
+        downstream = wanted
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance,
+            asset_selection=sorted(downstream),
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            tags={"pathgen/runner": "cli"},
+        )
+    for event in result.get_asset_materialization_events():
+        materialization = event.asset_materialization
+        metadata = materialization.metadata
+        count = metadata.get("pairs", metadata.get("dagster/row_count"))
+        where = metadata.get("directory")
+        print(
+            f"{materialization.asset_key.to_user_string():<26} "
+            f"{count.value if count else '-':>8} rows" + (f"  {where.value}" if where else "")
+        )
+    for event in result.all_events:
+        if event.is_step_failure:
+            print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}")
+    print(f"export run {result.run_id} in {time.perf_counter() - started:.1f}s")
+    return 0 if result.success else 1
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pathgen_dagster.lineage import PairNotFound, format_lineage, trace
+
+    lakehouse = _lakehouse(args)
+    pair_id = args.pair_id
+    try:
+        if pair_id is None:
+            if lakehouse.version("training_pairs") is None:
+                raise PairNotFound("training_pairs has never been built; materialize it first")
+            pair_id = lakehouse.sql("SELECT min(pair_id) AS pair_id FROM training_pairs")[
+                "pair_id"
+            ][0]
+            if pair_id is None:
+                raise PairNotFound("training_pairs is empty")
+        print(format_lineage(trace(lakehouse, pair_id)))
+    except PairNotFound as error:
+        print(f"lineage: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathgen", description=__doc__)
     parser.add_argument(
@@ -107,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--max-rows", type=int, default=50)
     sql.set_defaults(func=cmd_sql)
+
+    export = commands.add_parser(
+        "export", help="build dataset_stats, quarantine_report and every export of training_pairs"
+    )
+    export.add_argument(
+        "--only", action="append", help="asset to build (repeat), e.g. webdataset_export"
+    )
+    export.set_defaults(func=cmd_export)
+
+    lineage = commands.add_parser(
+        "lineage", help="where a pair came from: slide file -> tile -> patch -> ... -> checks"
+    )
+    lineage.add_argument("pair_id", nargs="?", help="pair id; omit to trace the first pair")
+    lineage.set_defaults(func=cmd_lineage)
     return parser
 
 

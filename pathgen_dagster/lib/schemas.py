@@ -291,6 +291,130 @@ CAPTION_QUALITY = TableSpec(
     ),
 )
 
+# -- Training-ready dataset: SQL models in dbt_like_sql/ (one file per table) -------------
+
+
+def _agent_lineage(agent: str, table: str) -> tuple[Column, ...]:
+    return (
+        Column(f"{agent}_backend", pa.string(), f"{table}.backend: grounded, embedded or vllm"),
+        Column(f"{agent}_model_id", pa.string(), f"{table}.model_id: the model that wrote it"),
+        Column(f"{agent}_template_hash", pa.string(), f"{table}.template_hash: prompt hash"),
+        Column(f"{agent}_sampling_json", pa.string(), f"{table}.sampling_json: sampling + seed"),
+    )
+
+
+SQL_MODEL_PROVENANCE = (
+    Column("run_id", pa.string(), "Dagster run that built the row"),
+    Column("config_hash", pa.string(), "sha256 (16 hex) of the model's .sql file"),
+)
+
+TRAINING_PAIRS = TableSpec(
+    "training_pairs",
+    "Image-caption pairs that passed every quality rule, each with its full lineage.",
+    (
+        Column("pair_id", pa.string(), "pair id (= patch id: one caption per patch)"),
+        SLIDE_ID,
+        Column("patch_id", pa.string(), "patch of the pair (= tile id of the selected tile)"),
+        Column("x", pa.int64(), "level-0 x of the patch"),
+        Column("y", pa.int64(), "level-0 y of the patch"),
+        Column("level", pa.int32(), "pyramid level read"),
+        Column("size_px", pa.int32(), "patch side in level-0 pixels"),
+        Column("mpp", pa.float64(), "microns per pixel at level 0", True),
+        Column("tissue_site", pa.string(), "tissue site / cancer type of the slide", True),
+        Column("image_sha256", pa.string(), "sha256 of the patch JPEG (patches.image_jpeg)"),
+        Column("caption", pa.string(), "the caption (summary agent)"),
+        Column("clip_tokens", pa.int32(), "CLIP BPE tokens of the caption incl. start and end"),
+        Column("revised_description", pa.string(), "the revised description (revise agent)", True),
+        Column("passed", pa.bool_(), "quality verdict (always true here: failures are excluded)"),
+        Column("quality_score", pa.float64(), "share of quality rules passed, 0-1"),
+        Column("alignment_score", pa.float64(), "image-text alignment score", True),
+        Column("ruleset_version", pa.string(), "quality rule-set version that passed the pair"),
+        Column("slide_uri", pa.string(), "slide file the patch was read from"),
+        Column("slide_file_name", pa.string(), "original file name of the slide"),
+        Column("slide_sha256", pa.string(), "sha256 of the slide file"),
+        Column("selection_reasons", pa.list_(pa.string()), "attribute, report and/or cluster"),
+        Column("selection_config", pa.string(), "patch selection config as JSON"),
+        Column("attribute_score", pa.float64(), "max over site prompts of 100 x cosine"),
+        Column("top_prompt", pa.string(), "the site prompt the patch matched best"),
+        Column("cluster_id", pa.int32(), "K-means cluster of the patch"),
+        Column("prompt_library_version", pa.string(), "sha256 (12 hex) of the prompt library"),
+        Column("image_encoder_id", pa.string(), "image encoder used for selection"),
+        Column("text_encoder_id", pa.string(), "text encoder used for retrieval"),
+        *_agent_lineage("description", "descriptions"),
+        *_agent_lineage("revision", "revised_descriptions"),
+        *_agent_lineage("summary", "captions"),
+        Column("slide_run_id", pa.string(), "Dagster run that registered the slide"),
+        Column("patch_run_id", pa.string(), "Dagster run that selected the patch"),
+        Column("description_run_id", pa.string(), "Dagster run of the description agent"),
+        Column("revision_run_id", pa.string(), "Dagster run of the revise agent"),
+        Column("summary_run_id", pa.string(), "Dagster run of the summary agent"),
+        Column("quality_run_id", pa.string(), "Dagster run of the quality checks"),
+        Column("slides_version", pa.int64(), "Delta version of slides that was read"),
+        Column("patches_version", pa.int64(), "Delta version of patches that was read"),
+        Column("descriptions_version", pa.int64(), "Delta version of descriptions that was read"),
+        Column(
+            "revised_descriptions_version",
+            pa.int64(),
+            "Delta version of revised_descriptions that was read",
+        ),
+        Column("captions_version", pa.int64(), "Delta version of captions that was read"),
+        Column(
+            "caption_quality_version", pa.int64(), "Delta version of caption_quality that was read"
+        ),
+        *SQL_MODEL_PROVENANCE,
+    ),
+)
+
+DATASET_STATS = TableSpec(
+    "dataset_stats",
+    "Per tissue site (and 'all'): slides, checked captions, pairs, pass rate, token lengths.",
+    (
+        Column("tissue_site", pa.string(), "tissue site; 'all' for the whole dataset"),
+        Column("slides", pa.int64(), "slides with at least one checked caption"),
+        Column("checked", pa.int64(), "captions with a quality verdict"),
+        Column("pairs", pa.int64(), "pairs that passed (rows of training_pairs)"),
+        Column("quarantined", pa.int64(), "captions that failed a rule"),
+        Column("severe_failures", pa.int64(), "captions that failed a blocking rule"),
+        Column("pass_rate", pa.float64(), "pairs / checked", True),
+        Column("pairs_per_slide", pa.float64(), "pairs / slides with pairs", True),
+        Column("clip_tokens_p10", pa.float64(), "10th percentile of pair caption tokens", True),
+        Column("clip_tokens_p50", pa.float64(), "median pair caption tokens", True),
+        Column("clip_tokens_p90", pa.float64(), "90th percentile of pair caption tokens", True),
+        Column("clip_tokens_max", pa.int32(), "longest pair caption in tokens", True),
+        Column("mean_caption_words", pa.float64(), "mean words per pair caption", True),
+        Column("failures_by_rule_json", pa.string(), "{rule: failed captions} as JSON"),
+        Column("training_pairs_version", pa.int64(), "Delta version of training_pairs read"),
+        Column("caption_quality_version", pa.int64(), "Delta version of caption_quality read"),
+        *SQL_MODEL_PROVENANCE,
+    ),
+    partition_by=(),
+)
+
+QUARANTINE_REPORT = TableSpec(
+    "quarantine_report",
+    "Captions that failed a quality rule: kept out of training_pairs, listed with reasons.",
+    (
+        Column("patch_id", pa.string(), "patch whose caption failed"),
+        SLIDE_ID,
+        Column("tissue_site", pa.string(), "tissue site of the slide", True),
+        Column("caption", pa.string(), "the quarantined caption", True),
+        Column("reasons", pa.string(), "why it failed: 'rule: why' per failed rule, joined"),
+        Column("failed_rules", pa.list_(pa.string()), "rules that failed"),
+        Column("severe_failure", pa.bool_(), "a blocking rule failed"),
+        Column("quality_score", pa.float64(), "share of rules passed, 0-1"),
+        Column("unsupported_claims", pa.list_(pa.string()), "caption terms with no support"),
+        Column("contradictions", pa.list_(pa.string()), "claims the morphology contradicts"),
+        Column("duplicate_of", pa.string(), "patch id of the near-duplicate caption", True),
+        Column("alignment_score", pa.float64(), "image-text alignment score", True),
+        Column("clip_tokens", pa.int32(), "CLIP tokens of the caption"),
+        Column("ruleset_version", pa.string(), "quality rule-set version"),
+        Column("quality_run_id", pa.string(), "Dagster run of the quality checks"),
+        Column("caption_quality_version", pa.int64(), "Delta version of caption_quality read"),
+        *SQL_MODEL_PROVENANCE,
+    ),
+    partition_by=(),
+)
+
 # Later stages add their TableSpec constants above this line, one section per stage.
 # -- end of table specs --
 

@@ -1,0 +1,199 @@
+"""Exports of ``training_pairs`` that training code reads, each with a manifest.
+
+Unpartitioned assets over the per-slide ``training_pairs`` (and ``patches`` for the JPEG
+bytes): they depend through ``deps`` and read Delta pinned to one version each, recorded in
+the manifest. Files land in ``<lakehouse root>/exports/<name>/``; a new export replaces the
+old one only once it is complete.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pathgen_dagster.lib.exports import (
+    MANIFEST,
+    SAMPLES_PER_SHARD,
+    ExportError,
+    ExportSummary,
+    iter_pairs,
+    replacing,
+    write_image_folder_csv,
+    write_manifest,
+    write_pathgen_json,
+    write_webdataset,
+)
+from pathgen_dagster.lib.schemas import PATCHES, TRAINING_PAIRS
+from pathgen_dagster.lib.sql import connect
+from pathgen_dagster.lib.sql_models import quote
+from pathgen_dagster.resources.lakehouse import Lakehouse
+
+GROUP = "exports"
+EXPORTS_FOLDER = "exports"
+
+Writer = Callable[[Iterable[Mapping[str, Any]], Path], ExportSummary]
+
+
+def export_directory(lakehouse: Lakehouse, name: str) -> Path:
+    """``<lakehouse root>/exports/<name>``."""
+    return Path(lakehouse.root).resolve() / EXPORTS_FOLDER / name
+
+
+def run_export(
+    lakehouse: Lakehouse,
+    name: str,
+    writer: Writer,
+    *,
+    with_images: bool,
+    run_id: str,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write export ``name`` from the current ``training_pairs``; return its manifest.
+
+    Raises:
+        ExportError: a source table is missing, a pair has no (or a changed) image, or the
+            export's pair count differs from the table's.
+    """
+    tables = [TRAINING_PAIRS.name, *([PATCHES.name] if with_images else [])]
+    versions: dict[str, int] = {}
+    for table in tables:
+        version = lakehouse.version(table)
+        if version is None:
+            raise ExportError(f"export {name}: table {table!r} has never been written")
+        versions[table] = version
+    relation = {
+        table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
+        for table, version in versions.items()
+    }
+    directory = export_directory(lakehouse, name)
+    with connect({}) as connection, replacing(directory) as staging:
+        expected = connection.sql(f"SELECT count(*) FROM {relation[TRAINING_PAIRS.name]}")
+        expected_pairs = expected.fetchone()[0]
+        rows = iter_pairs(
+            connection, relation[TRAINING_PAIRS.name], patches=relation.get(PATCHES.name)
+        )
+        summary = writer(rows, staging)
+        if summary.pairs != expected_pairs:
+            raise ExportError(
+                f"export {name}: wrote {summary.pairs} pairs but training_pairs "
+                f"v{versions[TRAINING_PAIRS.name]} holds {expected_pairs}"
+            )
+        manifest = write_manifest(
+            staging, summary, source_versions=versions, run_id=run_id, config=config
+        )
+    return manifest
+
+
+def _result(
+    lakehouse: Lakehouse, name: str, manifest: dict, seconds: float
+) -> dg.MaterializeResult:
+    directory = export_directory(lakehouse, name)
+    size = sum(entry["bytes"] for entry in manifest["files"])
+    return dg.MaterializeResult(
+        metadata={
+            "pairs": manifest["pairs"],
+            "slides": manifest["slides"],
+            **{key: value for key, value in manifest["counts"].items()},
+            **{f"{table}_version": v for table, v in manifest["source_versions"].items()},
+            "files": len(manifest["files"]),
+            "listed_bytes": size,
+            "seconds": round(seconds, 2),
+            "directory": dg.MetadataValue.path(str(directory)),
+            "manifest": dg.MetadataValue.path(str(directory / MANIFEST)),
+        }
+    )
+
+
+def _export_asset(name: str, doc: str, *, with_images: bool, kinds: set[str]):
+    deps = [TRAINING_PAIRS.name, *([PATCHES.name] if with_images else [])]
+    return dg.asset(
+        name=f"{name}_export",
+        deps=deps,
+        group_name=GROUP,
+        kinds=kinds,
+        description=doc,
+    )
+
+
+@_export_asset(
+    "pathgen_json",
+    "training_pairs in the PathGen-1.6M public JSON shape (wsi_id, position, caption, "
+    "file_id = slide sha256), for users of the original release.",
+    with_images=False,
+    kinds={"json"},
+)
+def pathgen_json_export(
+    context: dg.AssetExecutionContext, lakehouse: Lakehouse
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    manifest = _guarded(
+        lambda: run_export(
+            lakehouse, "pathgen_json", write_pathgen_json, with_images=False, run_id=context.run_id
+        )
+    )
+    return _result(lakehouse, "pathgen_json", manifest, time.perf_counter() - started)
+
+
+@_export_asset(
+    "image_folder_csv",
+    "Patch JPEGs in a folder and a tab-separated train.csv (filepath, title): open_clip's "
+    "CSV training loader with its default keys.",
+    with_images=True,
+    kinds={"csv", "jpeg"},
+)
+def image_folder_csv_export(
+    context: dg.AssetExecutionContext, lakehouse: Lakehouse
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    final = export_directory(lakehouse, "image_folder_csv")
+    manifest = _guarded(
+        lambda: run_export(
+            lakehouse,
+            "image_folder_csv",
+            lambda rows, staging: write_image_folder_csv(rows, staging, final_directory=final),
+            with_images=True,
+            run_id=context.run_id,
+        )
+    )
+    return _result(lakehouse, "image_folder_csv", manifest, time.perf_counter() - started)
+
+
+class WebDatasetConfig(dg.Config):
+    """Shard size of the WebDataset export."""
+
+    samples_per_shard: int = SAMPLES_PER_SHARD
+
+
+@_export_asset(
+    "webdataset",
+    "WebDataset tar shards (jpg, txt, json per sample) with sizes.json, for streaming "
+    "training (open_clip --dataset-type webdataset).",
+    with_images=True,
+    kinds={"webdataset"},
+)
+def webdataset_export(
+    context: dg.AssetExecutionContext, config: WebDatasetConfig, lakehouse: Lakehouse
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    manifest = _guarded(
+        lambda: run_export(
+            lakehouse,
+            "webdataset",
+            lambda rows, staging: write_webdataset(
+                rows, staging, samples_per_shard=config.samples_per_shard
+            ),
+            with_images=True,
+            run_id=context.run_id,
+            config=config.model_dump(),
+        )
+    )
+    return _result(lakehouse, "webdataset", manifest, time.perf_counter() - started)
+
+
+def _guarded(export: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return export()
+    except ExportError as error:
+        raise dg.Failure(f"stage exports: {error}. The previous export is untouched.") from None
