@@ -1,0 +1,235 @@
+"""``caption_quality``: every caption's fidelity measures and verdict, one slide at a time.
+
+Failing captions are quarantined, never deleted: their rows stay here with the rules they
+failed and why (``SELECT * FROM caption_quality WHERE NOT passed``), and ``training_pairs``
+takes only rows that passed. Whether the slide as a whole may feed training is decided by
+the blocking check in ``quality/checks.py``.
+"""
+
+import io
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from pathgen_dagster.lib.fidelity import (
+    RULES,
+    FidelityConfig,
+    ReferenceCaptions,
+    SlideInputs,
+    claim_signature,
+    judge,
+    measure_slide,
+    pass_rates,
+    ruleset_version,
+)
+from pathgen_dagster.lib.morphology import MorphologyFacts
+from pathgen_dagster.lib.schemas import (
+    CAPTION_QUALITY,
+    CAPTIONS,
+    PATCHES,
+    REVISED_DESCRIPTIONS,
+)
+from pathgen_dagster.metadata import column_schema, config_hash, preview
+from pathgen_dagster.partitions import slide_partitions
+from pathgen_dagster.resources.encoders import Encoders
+from pathgen_dagster.resources.lakehouse import Lakehouse
+
+_DEFAULTS = FidelityConfig()
+
+
+class CaptionQualityConfig(dg.Config):
+    """Thresholds of the caption-quality rules and gates; see ``FidelityConfig``."""
+
+    max_clip_tokens: int = _DEFAULTS.max_clip_tokens
+    min_caption_words: int = _DEFAULTS.min_caption_words
+    min_description_words: int = _DEFAULTS.min_description_words
+    max_description_words: int = _DEFAULTS.max_description_words
+    min_alignment: float = _DEFAULTS.min_alignment
+    min_clip_score: float = _DEFAULTS.min_clip_score
+    near_duplicate_similarity: float = _DEFAULTS.near_duplicate_similarity
+    max_deleted_fraction: float = _DEFAULTS.max_deleted_fraction
+    max_severe_failure_rate: float = _DEFAULTS.max_severe_failure_rate
+    min_share_fitting_clip: float = _DEFAULTS.min_share_fitting_clip
+    max_agent_failure_rate: float = _DEFAULTS.max_agent_failure_rate
+    max_contradiction_rate: float = _DEFAULTS.max_contradiction_rate
+
+    def fidelity(self) -> FidelityConfig:
+        return FidelityConfig(**self.model_dump())
+
+
+def kept_captions(lakehouse: Lakehouse, slide_id: str) -> ReferenceCaptions:
+    """Captions of OTHER slides that passed their checks: the dataset to deduplicate against.
+
+    Quarantined captions are left out, so a caption that lost to a copy elsewhere does not
+    in turn flag that copy when its own slide is checked again.
+    """
+    rows = lakehouse.read(
+        CAPTION_QUALITY.name,
+        columns=["slide_id", "patch_id", "caption", "caption_key", "caption_embedding", "passed"],
+    ).filter((pl.col("slide_id") != slide_id) & pl.col("passed"))
+    if rows.is_empty():
+        return ReferenceCaptions()
+    return ReferenceCaptions(
+        patch_ids=rows["patch_id"].to_list(),
+        keys=rows["caption_key"].to_list(),
+        embeddings=np.array(rows["caption_embedding"].to_list(), dtype=np.float32),
+        signatures=[claim_signature(text) for text in rows["caption"]],
+    )
+
+
+def clip_scores(
+    encoders: Encoders, images: list[bytes | None], captions: list[str | None]
+) -> list[float | None]:
+    """CLIP score (100 x cosine of patch image and caption) per caption; None without text."""
+    present = [
+        i for i, (image, text) in enumerate(zip(images, captions, strict=True)) if image and text
+    ]
+    scores: list[float | None] = [None] * len(captions)
+    if not present:
+        return scores
+    tiles = np.stack(
+        [np.asarray(Image.open(io.BytesIO(images[i])).convert("RGB")) for i in present]
+    )
+    image_emb = encoders.clip.embed_images(tiles)
+    text_emb = encoders.clip.encode([captions[i] for i in present])
+    for i, value in zip(present, 100.0 * np.sum(image_emb * text_emb, axis=1), strict=True):
+        scores[i] = float(value)
+    return scores
+
+
+@dg.asset(
+    name=CAPTION_QUALITY.name,
+    partitions_def=slide_partitions,
+    deps=[CAPTIONS.name, REVISED_DESCRIPTIONS.name, PATCHES.name],
+    group_name="quality",
+    kinds={"python", "delta"},
+    description=CAPTION_QUALITY.doc,
+    metadata={"dagster/column_schema": column_schema(CAPTION_QUALITY)},
+)
+def caption_quality(
+    context: dg.AssetExecutionContext,
+    config: CaptionQualityConfig,
+    lakehouse: Lakehouse,
+    encoders: Encoders,
+) -> dg.MaterializeResult:
+    slide_id = context.partition_key
+    if lakehouse.version(CAPTIONS.name) is None:
+        raise dg.Failure(
+            f"slide {slide_id!r}, stage caption_quality: table `captions` has never been "
+            "written; materialize `captions` for this slide first"
+        )
+    started = time.perf_counter()
+    captions = lakehouse.read(CAPTIONS.name, slide_id=slide_id, columns=["patch_id", "caption"])
+    revisions = lakehouse.read(
+        REVISED_DESCRIPTIONS.name,
+        slide_id=slide_id,
+        columns=["patch_id", "draft", "revised", "edits_json"],
+    )
+    use_clip = encoders.kind == "open_clip"
+    patches = lakehouse.read(
+        PATCHES.name,
+        slide_id=slide_id,
+        columns=["patch_id", "facts_json", "tissue_site", *(["image_jpeg"] if use_clip else [])],
+    )
+    caption_rows = captions.to_dicts()
+    inputs = SlideInputs(
+        captions=caption_rows,
+        revisions={row["patch_id"]: row for row in revisions.iter_rows(named=True)},
+        facts={
+            row["patch_id"]: MorphologyFacts.from_dict(json.loads(row["facts_json"]))
+            for row in patches.iter_rows(named=True)
+        },
+        tissue_sites=dict(zip(patches["patch_id"], patches["tissue_site"], strict=True)),
+    )
+    image_scores = None
+    if use_clip:
+        images = dict(zip(patches["patch_id"], patches["image_jpeg"], strict=True))
+        image_scores = clip_scores(
+            encoders,
+            [images.get(row["patch_id"]) for row in caption_rows],
+            [row["caption"] for row in caption_rows],
+        )
+    fidelity = config.fidelity()
+    measured = measure_slide(
+        inputs,
+        encode=encoders.sentences.encode,
+        reference=kept_captions(lakehouse, slide_id),
+        image_text_scores=image_scores,
+        config=fidelity,
+    )
+    judgements = [judge(m, fidelity) for m in measured.measures]
+    measures = measured.measures
+    frame = pl.DataFrame(
+        {
+            "patch_id": [m.patch_id for m in measures],
+            "slide_id": slide_id,
+            "caption": pl.Series([m.caption for m in measures], dtype=pl.String),
+            "caption_words": pl.Series([m.caption_words for m in measures], dtype=pl.Int32),
+            "clip_tokens": pl.Series([m.clip_tokens for m in measures], dtype=pl.Int32),
+            "description_words": pl.Series([m.description_words for m in measures], dtype=pl.Int32),
+            "unsupported_claims": pl.Series(
+                [list(m.unsupported_claims) for m in measures], dtype=pl.List(pl.String)
+            ),
+            "contradictions": pl.Series(
+                [list(m.contradictions) for m in measures], dtype=pl.List(pl.String)
+            ),
+            "description_contradictions": pl.Series(
+                [list(m.description_contradictions) for m in measures], dtype=pl.List(pl.String)
+            ),
+            "alignment_score": pl.Series([m.alignment_score for m in measures], dtype=pl.Float64),
+            "alignment_mode": [m.alignment_mode for m in measures],
+            "caption_key": [m.caption_key for m in measures],
+            "caption_embedding": pl.Series(measured.embeddings.tolist(), dtype=pl.List(pl.Float32)),
+            "max_duplicate_similarity": pl.Series(
+                [m.max_duplicate_similarity for m in measures], dtype=pl.Float64
+            ),
+            "duplicate_of": pl.Series([m.duplicate_of for m in measures], dtype=pl.String),
+            "n_edits": pl.Series([m.n_edits for m in measures], dtype=pl.Int32),
+            "deleted_fraction": pl.Series([m.deleted_fraction for m in measures], dtype=pl.Float64),
+            "rule_results_json": [json.dumps(j.results) for j in judgements],
+            "failed_rules": pl.Series(
+                [list(j.failed) for j in judgements], dtype=pl.List(pl.String)
+            ),
+            "failure_reasons": pl.Series(
+                [[f"{rule}: {why}" for rule, why in j.reasons.items()] for j in judgements],
+                dtype=pl.List(pl.String),
+            ),
+            "severe_failure": pl.Series([j.severe_failure for j in judgements], dtype=pl.Boolean),
+            "passed": pl.Series([j.passed for j in judgements], dtype=pl.Boolean),
+            "quality_score": pl.Series([j.score for j in judgements], dtype=pl.Float64),
+            "ruleset_version": ruleset_version(),
+            "text_encoder_id": encoders.sentences.encoder_id,
+            "run_id": context.run_id,
+            "config_hash": config_hash(config),
+            "upstream_version": lakehouse.version(CAPTIONS.name),
+        },
+        schema_overrides={"slide_id": pl.String, "ruleset_version": pl.String},
+    ).select(CAPTION_QUALITY.column_names)
+    elapsed = time.perf_counter() - started
+    version = lakehouse.write_slide(CAPTION_QUALITY.name, slide_id, frame)
+    rates = pass_rates([j.results for j in judgements])
+    quarantined = frame.filter(~pl.col("passed"))
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(frame),
+            "delta_version": version,
+            "passed": int(frame["passed"].sum()),
+            "quarantined": len(quarantined),
+            "severe_failures": int(frame["severe_failure"].sum()),
+            "ruleset_version": ruleset_version(),
+            "alignment_mode": "clip" if use_clip else "minilm_facts",
+            "seconds": round(elapsed, 2),
+            "captions_per_second": round(len(frame) / elapsed, 1)
+            if elapsed and len(frame)
+            else 0.0,
+            "pass_rate_per_rule": dg.MetadataValue.md(
+                "| rule | severity | pass rate |\n|---|---|---|\n"
+                + "\n".join(f"| {r.name} | {r.severity} | {rates[r.name]:.1%} |" for r in RULES)
+            ),
+            "quarantined_preview": preview(quarantined, ["patch_id", "failed_rules", "caption"]),
+        }
+    )

@@ -1,0 +1,266 @@
+"""Per-slide asset checks: the blocking caption-fidelity gate, the GX suite and warnings.
+
+Every check is partitioned by slide (``partitions_def=slide_partitions``, preview in Dagster
+1.13), so it reads and judges exactly the slide its run materialized. Only the gate blocks:
+when too many of a slide's captions fail severe rules it fails with ERROR severity and
+Dagster does not build anything downstream of ``caption_quality`` (``training_pairs``) for
+that slide in the run. The other checks warn.
+"""
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from assets.caption_quality import CaptionQualityConfig
+from pathgen_dagster.lib.fidelity import (
+    RULES,
+    gate_slide,
+    grounding_contradictions,
+    pass_rates,
+    ruleset_version,
+)
+from pathgen_dagster.lib.morphology import MorphologyFacts
+from pathgen_dagster.lib.schemas import CAPTION_QUALITY, CAPTIONS, DESCRIPTIONS
+from pathgen_dagster.metadata import preview
+from pathgen_dagster.partitions import slide_partitions
+from pathgen_dagster.resources.lakehouse import Lakehouse
+from quality.expectations import run_suite
+
+CAPTION_FIDELITY_GATE = "caption_fidelity_gate"
+CAPTION_EXPECTATIONS = "caption_expectations"
+CAPTIONS_FIT_CLIP = "captions_fit_clip_window"
+CAPTION_AGENT_FAILURES = "caption_agent_failures"
+DESCRIPTIONS_GROUNDED = "descriptions_grounded"
+
+
+def _rates_metadata(rates: dict[str, float]) -> dict[str, float]:
+    return {f"pass_rate_{name}": round(rate, 4) for name, rate in rates.items()}
+
+
+def _rates_table(rates: dict[str, float]) -> dg.MetadataValue:
+    lines = ["| rule | severity | pass rate |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.severity} | {rates[r.name]:.1%} |" for r in RULES]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@dg.asset_check(
+    asset=CAPTION_QUALITY.name,
+    name=CAPTION_FIDELITY_GATE,
+    partitions_def=slide_partitions,
+    blocking=True,
+    description=(
+        "Blocks the slide's training data when more than max_severe_failure_rate of its "
+        "captions fail a severe fidelity rule; pass rates per rule in the metadata."
+    ),
+)
+def caption_fidelity_gate(
+    context: dg.AssetCheckExecutionContext, config: CaptionQualityConfig, lakehouse: Lakehouse
+) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    rows = lakehouse.read(CAPTION_QUALITY.name, slide_id=slide_id)
+    checked = lakehouse.read(CAPTIONS.name, slide_id=slide_id, columns=["patch_id"])
+    if rows.is_empty() and not checked.is_empty():
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                f"slide {slide_id!r}: {len(checked)} captions but no caption_quality rows; "
+                "materialize caption_quality for this slide"
+            ),
+        )
+    results = [json.loads(value) for value in rows["rule_results_json"]]
+    gate = gate_slide(slide_id, results, max_rate=config.max_severe_failure_rate)
+    rates = pass_rates(results)
+    return dg.AssetCheckResult(
+        passed=gate.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=gate.message,
+        metadata={
+            "slide_id": slide_id,
+            "captions": gate.captions,
+            "passed_captions": int(rows["passed"].sum()) if len(rows) else 0,
+            "quarantined": int((~rows["passed"]).sum()) if len(rows) else 0,
+            "severe_failures": gate.severe_failures,
+            "severe_failure_rate": round(gate.severe_failure_rate, 4),
+            "max_severe_failure_rate": config.max_severe_failure_rate,
+            "failing_severe_rules": dg.MetadataValue.json(gate.failing_rules),
+            "pass_rates": _rates_table(rates),
+            **_rates_metadata(rates),
+            "quarantined_preview": preview(
+                rows.filter(~pl.col("passed")), ["patch_id", "failed_rules", "caption"]
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=CAPTION_QUALITY.name,
+    name=CAPTION_EXPECTATIONS,
+    partitions_def=slide_partitions,
+    description=(
+        "great-expectations suite over the slide's caption_quality rows (invariants and "
+        "quality levels); data-docs HTML under <lakehouse>/_quality/data_docs."
+    ),
+)
+def caption_expectations(
+    context: dg.AssetCheckExecutionContext, config: CaptionQualityConfig, lakehouse: Lakehouse
+) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    rows = lakehouse.read(CAPTION_QUALITY.name, slide_id=slide_id)
+    outcome = run_suite(
+        rows,
+        slide_id=slide_id,
+        lakehouse_root=lakehouse.root,
+        config=config.fidelity(),
+        ruleset_version=ruleset_version(),
+    )
+    failed = [o for o in outcome.outcomes if not o.success]
+    lines = ["| expectation | column | success | unexpected % |", "|---|---|---|---|"]
+    lines += [
+        f"| {o.expectation} | {o.column or ''} | {'yes' if o.success else 'NO'} | "
+        f"{'' if o.unexpected_percent is None else f'{o.unexpected_percent:.1f}'} |"
+        for o in outcome.outcomes
+    ]
+    page = outcome.validation_page or outcome.index_page
+    return dg.AssetCheckResult(
+        passed=outcome.success,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"slide {slide_id!r}: {outcome.successful}/{outcome.evaluated} expectations met"
+            + (
+                "; failed: " + ", ".join(f"{o.expectation}({o.column})" for o in failed)
+                if failed
+                else ""
+            )
+            + f". Data docs: {page}"
+        ),
+        metadata={
+            "slide_id": slide_id,
+            "rows": len(rows),
+            "evaluated_expectations": outcome.evaluated,
+            "successful_expectations": outcome.successful,
+            "success_percent": round(100 * outcome.successful / max(outcome.evaluated, 1), 1),
+            "expectations": dg.MetadataValue.md("\n".join(lines)),
+            "data_docs": dg.MetadataValue.path(str(page)),
+            "data_docs_index": dg.MetadataValue.path(str(outcome.index_page)),
+            "gx_seconds": round(outcome.seconds, 3),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=CAPTIONS.name,
+    name=CAPTIONS_FIT_CLIP,
+    partitions_def=slide_partitions,
+    description="Share of the slide's captions inside CLIP's 77-token window (warning).",
+)
+def captions_fit_clip_window(
+    context: dg.AssetCheckExecutionContext, config: CaptionQualityConfig, lakehouse: Lakehouse
+) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    rows = lakehouse.read(CAPTIONS.name, slide_id=slide_id, columns=["clip_tokens", "fits_clip"])
+    share = float(rows["fits_clip"].mean()) if len(rows) else 1.0
+    return dg.AssetCheckResult(
+        passed=share >= config.min_share_fitting_clip,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"slide {slide_id!r}: {share:.1%} of {len(rows)} captions fit CLIP's window "
+            f"(want >= {config.min_share_fitting_clip:.0%})"
+        ),
+        metadata={
+            "slide_id": slide_id,
+            "captions": len(rows),
+            "share_fitting_clip": round(share, 4),
+            "min_share_fitting_clip": config.min_share_fitting_clip,
+            "clip_tokens_max": int(rows["clip_tokens"].max()) if len(rows) else 0,
+            "clip_tokens_mean": round(float(rows["clip_tokens"].mean()), 1) if len(rows) else 0.0,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=CAPTIONS.name,
+    name=CAPTION_AGENT_FAILURES,
+    partitions_def=slide_partitions,
+    description="Share of the slide's captions that fell back to grounded text or failed.",
+)
+def caption_agent_failures(
+    context: dg.AssetCheckExecutionContext, config: CaptionQualityConfig, lakehouse: Lakehouse
+) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    rows = lakehouse.read(
+        CAPTIONS.name, slide_id=slide_id, columns=["patch_id", "status", "failure_reason"]
+    )
+    counts = {
+        status: int((rows["status"] == status).sum()) for status in ("ok", "fallback", "failed")
+    }
+    rate = (counts["fallback"] + counts["failed"]) / len(rows) if len(rows) else 0.0
+    reasons = (
+        rows.filter(pl.col("failure_reason").is_not_null())
+        .group_by("failure_reason")
+        .len()
+        .sort("len", descending=True)
+        .head(5)
+    )
+    return dg.AssetCheckResult(
+        passed=rate <= config.max_agent_failure_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"slide {slide_id!r}: {rate:.1%} of {len(rows)} captions fell back or failed "
+            f"(limit {config.max_agent_failure_rate:.0%})"
+        ),
+        metadata={
+            "slide_id": slide_id,
+            "captions": len(rows),
+            **{f"status_{status}": n for status, n in counts.items()},
+            "failure_or_fallback_rate": round(rate, 4),
+            "top_failure_reasons": dg.MetadataValue.md(
+                "\n".join(
+                    f"- {r['failure_reason']} ({r['len']})" for r in reasons.iter_rows(named=True)
+                )
+                or "none"
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=DESCRIPTIONS.name,
+    name=DESCRIPTIONS_GROUNDED,
+    partitions_def=slide_partitions,
+    description="Share of the slide's descriptions that contradict the measured morphology.",
+)
+def descriptions_grounded(
+    context: dg.AssetCheckExecutionContext, config: CaptionQualityConfig, lakehouse: Lakehouse
+) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    rows = lakehouse.read(
+        DESCRIPTIONS.name, slide_id=slide_id, columns=["patch_id", "description", "facts_json"]
+    )
+    found = [
+        grounding_contradictions(
+            row["description"], MorphologyFacts.from_dict(json.loads(row["facts_json"]))
+        )
+        for row in rows.iter_rows(named=True)
+    ]
+    contradicted = sum(bool(f) for f in found)
+    rate = contradicted / len(rows) if len(rows) else 0.0
+    examples = [
+        f"- {pid}: {'; '.join(f[:2])}" for pid, f in zip(rows["patch_id"], found, strict=True) if f
+    ][:10]
+    return dg.AssetCheckResult(
+        passed=rate <= config.max_contradiction_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"slide {slide_id!r}: {contradicted} of {len(rows)} descriptions ({rate:.1%}) "
+            f"contradict the measured morphology (limit {config.max_contradiction_rate:.0%})"
+        ),
+        metadata={
+            "slide_id": slide_id,
+            "descriptions": len(rows),
+            "contradicted": contradicted,
+            "contradiction_rate": round(rate, 4),
+            "examples": dg.MetadataValue.md("\n".join(examples) or "none"),
+        },
+    )
