@@ -5,11 +5,15 @@ same code runs on a laptop and on a team's instance; the shipped ``.env`` sets t
 ``dagster dev`` and the Makefile exports them.
 """
 
+import os
+
 import dagster as dg
 
 import assets
 import quality
+from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
+from pathgen_dagster.resources.llm import LLMServer
 from pathgen_dagster.resources.slide_store import SlideStore
 from pathgen_dagster.sensors import landing_sensor
 
@@ -18,11 +22,33 @@ from pathgen_dagster.sensors import landing_sensor
 MAX_CONCURRENT_STEPS = 2
 
 
+def llm_server() -> LLMServer:
+    """The caption agents' model server: the measured default, or vLLM from the environment.
+
+    ``PATHGEN_LLM_BACKEND`` picks the backend; for ``vllm``, ``PATHGEN_LLM_URL``,
+    ``PATHGEN_LLM_MODEL``, ``PATHGEN_LLM_API_KEY`` (optional) and ``PATHGEN_LLM_VISION``
+    (``1`` for a vision-language model) say where and what it is. Read when the code
+    location loads, never at import.
+    """
+    backend = os.environ.get("PATHGEN_LLM_BACKEND", "grounded")
+    if backend != "vllm":
+        return LLMServer(backend=backend)
+    return LLMServer(
+        backend="vllm",
+        base_url=dg.EnvVar("PATHGEN_LLM_URL"),
+        model=dg.EnvVar("PATHGEN_LLM_MODEL"),
+        api_key=dg.EnvVar("PATHGEN_LLM_API_KEY") if os.environ.get("PATHGEN_LLM_API_KEY") else None,
+        vision=os.environ.get("PATHGEN_LLM_VISION") == "1",
+    )
+
+
 def resources() -> dict[str, dg.ConfigurableResource]:
     """The resources every asset, check and sensor may ask for, by key."""
     return {
+        "llm": llm_server(),
         "lakehouse": Lakehouse(root=dg.EnvVar("PATHGEN_LAKEHOUSE")),
         "slide_store": SlideStore(landing=dg.EnvVar("PATHGEN_LANDING")),
+        "encoders": Encoders(),
     }
 
 

@@ -1,0 +1,326 @@
+"""``descriptions`` -> ``revised_descriptions`` -> ``captions``: PathGen stages B, C and D."""
+
+import json
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from pathgen_dagster.lib.agents import (
+    AGENTS,
+    AgentConfig,
+    AgentOutput,
+    PatchInput,
+    ResponseCache,
+    failure_rate,
+    run_agent,
+)
+from pathgen_dagster.lib.morphology import MorphologyFacts
+from pathgen_dagster.lib.prompts_library import GENERIC
+from pathgen_dagster.lib.schemas import (
+    CAPTIONS,
+    DESCRIPTIONS,
+    LLM_RESPONSES,
+    PATCHES,
+    REVISED_DESCRIPTIONS,
+    TableSpec,
+)
+from pathgen_dagster.lib.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
+from pathgen_dagster.metadata import column_schema, config_hash, preview
+from pathgen_dagster.partitions import slide_partitions
+from pathgen_dagster.resources.lakehouse import Lakehouse
+from pathgen_dagster.resources.llm import LLMServer
+
+_AGENT = AgentConfig()
+CACHE_FLUSH_EVERY = 16
+
+
+class AgentsConfig(dg.Config):
+    """Sampling and verification knobs of the caption agents (see ``AgentConfig``)."""
+
+    temperature: float = _AGENT.temperature
+    top_p: float = _AGENT.top_p
+    seed: int = _AGENT.seed
+    max_attempts: int = _AGENT.max_attempts
+    fallback_to_grounded: bool = _AGENT.fallback_to_grounded
+    max_failure_rate: float = _AGENT.max_failure_rate
+    description_max_words: int = _AGENT.description_max_words
+    caption_max_words: int = _AGENT.caption_max_words
+
+    def agent(self) -> AgentConfig:
+        return AgentConfig(**self.model_dump())
+
+
+class CacheWriter:
+    """Model answers appended to ``llm_responses`` as they arrive, in small commits."""
+
+    def __init__(self, lakehouse: Lakehouse, slide_id: str):
+        self.lakehouse, self.slide_id, self.buffer = lakehouse, slide_id, []
+
+    def __call__(self, entry: dict) -> None:
+        self.buffer.append({**entry, "slide_id": self.slide_id, "created_at": datetime.now(UTC)})
+        if len(self.buffer) >= CACHE_FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.lakehouse.append(LLM_RESPONSES.name, pl.DataFrame(self.buffer))
+            self.buffer = []
+
+
+def run_stage(
+    context: dg.AssetExecutionContext,
+    *,
+    agent_name: str,
+    items: list[PatchInput],
+    upstream: str,
+    config: AgentsConfig,
+    lakehouse: Lakehouse,
+    llm: LLMServer,
+) -> tuple[list[AgentOutput], dict]:
+    """Run one agent over a slide's patches; returns its outputs and the common row fields."""
+    slide_id = context.partition_key
+    cached = lakehouse.read(LLM_RESPONSES.name, slide_id=slide_id)
+    writer = CacheWriter(lakehouse, slide_id)
+    cache = ResponseCache(
+        {row["cache_key"]: row for row in cached.iter_rows(named=True)}, sink=writer
+    )
+    started = time.perf_counter()
+    try:
+        with llm.session() as session:
+            context.log.info(f"{agent_name}: {len(items)} patches on backend {llm.backend}")
+            outputs = run_agent(
+                AGENTS[agent_name], items, session=session, cache=cache, config=config.agent()
+            )
+    finally:
+        writer.flush()  # answers already received survive a crash mid-slide
+    elapsed = time.perf_counter() - started
+    stats = {
+        "seconds": round(elapsed, 2),
+        "cache_hits": cache.hits,
+        "requests_sent": sum(o.attempts for o in outputs),
+        "failure_rate": round(failure_rate(outputs), 3),
+        "fallbacks": sum(o.status == "fallback" for o in outputs),
+        "completion_tokens": sum(o.completion_tokens for o in outputs),
+    }
+    common = {
+        "slide_id": slide_id,
+        "backend": [o.backend for o in outputs],
+        "model_id": [o.model_id for o in outputs],
+        "template_id": [o.template_id for o in outputs],
+        "template_hash": [o.template_hash for o in outputs],
+        "sampling_json": [json.dumps(o.sampling, sort_keys=True) for o in outputs],
+        "prompt_tokens": [o.prompt_tokens for o in outputs],
+        "completion_tokens": [o.completion_tokens for o in outputs],
+        "latency_s": [o.latency_s for o in outputs],
+        "attempts": pl.Series([o.attempts for o in outputs], dtype=pl.Int32),
+        "finish_reason": pl.Series([o.finish_reason for o in outputs], dtype=pl.String),
+        "cache_hit": [o.cache_hit for o in outputs],
+        "status": [o.status for o in outputs],
+        "failure_reason": pl.Series([o.failure_reason for o in outputs], dtype=pl.String),
+        "run_id": context.run_id,
+        "config_hash": config_hash(
+            config.model_dump() | {"backend": llm.backend, "model": llm.model}
+        ),
+        "upstream_version": lakehouse.version(upstream),
+    }
+    return outputs, {"common": common, "stats": stats}
+
+
+def finish(
+    context: dg.AssetExecutionContext,
+    spec: TableSpec,
+    frame: pl.DataFrame,
+    outputs: list[AgentOutput],
+    stats: dict,
+    config: AgentsConfig,
+    lakehouse: Lakehouse,
+    preview_columns: list[str],
+) -> dg.MaterializeResult:
+    """Write the stage's rows, then fail the slide if too many model answers were rejected."""
+    slide_id = context.partition_key
+    version = lakehouse.write_slide(spec.name, slide_id, frame)
+    rate = failure_rate(outputs)
+    if rate > config.max_failure_rate:
+        reasons = sorted({o.failure_reason for o in outputs if o.failure_reason})[:3]
+        raise dg.Failure(
+            f"slide {slide_id!r}, stage {spec.name}: {rate:.0%} of model answers were rejected "
+            f"(limit {config.max_failure_rate:.0%}); rows are written with their reasons. "
+            f"First reasons: {reasons}",
+            metadata={"delta_version": version, **stats},
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(frame),
+            "delta_version": version,
+            **stats,
+            "preview": preview(frame, preview_columns),
+        }
+    )
+
+
+def patch_inputs(
+    lakehouse: Lakehouse, slide_id: str, previous: dict[str, str | None] | None = None
+) -> list[PatchInput]:
+    """The slide's patches as agent inputs (facts, site, image, and the previous text)."""
+    patches = lakehouse.read(
+        PATCHES.name,
+        slide_id=slide_id,
+        columns=["patch_id", "facts_json", "tissue_site", "image_jpeg"],
+    ).sort("patch_id")
+    return [
+        PatchInput(
+            patch_id=row["patch_id"],
+            facts=MorphologyFacts.from_dict(json.loads(row["facts_json"])),
+            # "generic" is the prompt set for an unknown site, not a site to name in text.
+            tissue_site=None if row["tissue_site"] == GENERIC else row["tissue_site"],
+            image_jpeg=row["image_jpeg"],
+            previous=previous.get(row["patch_id"]) if previous is not None else None,
+        )
+        for row in patches.iter_rows(named=True)
+        if previous is None or row["patch_id"] in previous
+    ]
+
+
+def _texts(lakehouse: Lakehouse, table: str, column: str, slide_id: str) -> dict[str, str]:
+    rows = lakehouse.read(table, slide_id=slide_id, columns=["patch_id", column])
+    return {row["patch_id"]: row[column] for row in rows.iter_rows(named=True) if row[column]}
+
+
+AGENT_ASSET = {
+    "partitions_def": slide_partitions,
+    "group_name": "captions",
+    "pool": "llm",
+    "kinds": {"llm", "delta"},
+}
+
+
+@dg.asset(
+    name=DESCRIPTIONS.name,
+    deps=[PATCHES.name],
+    description=DESCRIPTIONS.doc,
+    metadata={"dagster/column_schema": column_schema(DESCRIPTIONS)},
+    **AGENT_ASSET,
+)
+def descriptions(
+    context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
+) -> dg.MaterializeResult:
+    items = patch_inputs(lakehouse, context.partition_key)
+    outputs, parts = run_stage(
+        context,
+        agent_name="description",
+        items=items,
+        upstream=PATCHES.name,
+        config=config,
+        lakehouse=lakehouse,
+        llm=llm,
+    )
+    frame = pl.DataFrame(
+        {
+            "patch_id": [o.patch_id for o in outputs],
+            "description": pl.Series([o.text for o in outputs], dtype=pl.String),
+            "facts_json": [json.dumps(i.facts.to_dict()) for i in items],
+            **parts["common"],
+        }
+    ).select(DESCRIPTIONS.column_names)
+    return finish(
+        context,
+        DESCRIPTIONS,
+        frame,
+        outputs,
+        parts["stats"],
+        config,
+        lakehouse,
+        ["patch_id", "status", "description"],
+    )
+
+
+@dg.asset(
+    name=REVISED_DESCRIPTIONS.name,
+    deps=[DESCRIPTIONS.name],
+    description=REVISED_DESCRIPTIONS.doc,
+    metadata={"dagster/column_schema": column_schema(REVISED_DESCRIPTIONS)},
+    **AGENT_ASSET,
+)
+def revised_descriptions(
+    context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
+) -> dg.MaterializeResult:
+    drafts = _texts(lakehouse, DESCRIPTIONS.name, "description", context.partition_key)
+    items = patch_inputs(lakehouse, context.partition_key, previous=drafts)
+    outputs, parts = run_stage(
+        context,
+        agent_name="revision",
+        items=items,
+        upstream=DESCRIPTIONS.name,
+        config=config,
+        lakehouse=lakehouse,
+        llm=llm,
+    )
+    frame = pl.DataFrame(
+        {
+            "patch_id": [o.patch_id for o in outputs],
+            "draft": pl.Series([i.previous for i in items], dtype=pl.String),
+            "revised": pl.Series([o.text for o in outputs], dtype=pl.String),
+            "edits_json": [json.dumps(list(o.edits)) for o in outputs],
+            "n_edits": pl.Series([len(o.edits) for o in outputs], dtype=pl.Int32),
+            **parts["common"],
+        }
+    ).select(REVISED_DESCRIPTIONS.column_names)
+    return finish(
+        context,
+        REVISED_DESCRIPTIONS,
+        frame,
+        outputs,
+        parts["stats"],
+        config,
+        lakehouse,
+        ["patch_id", "n_edits", "revised"],
+    )
+
+
+@dg.asset(
+    name=CAPTIONS.name,
+    deps=[REVISED_DESCRIPTIONS.name],
+    description=CAPTIONS.doc,
+    metadata={"dagster/column_schema": column_schema(CAPTIONS)},
+    **AGENT_ASSET,
+)
+def captions(
+    context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
+) -> dg.MaterializeResult:
+    revised = _texts(lakehouse, REVISED_DESCRIPTIONS.name, "revised", context.partition_key)
+    items = patch_inputs(lakehouse, context.partition_key, previous=revised)
+    outputs, parts = run_stage(
+        context,
+        agent_name="summary",
+        items=items,
+        upstream=REVISED_DESCRIPTIONS.name,
+        config=config,
+        lakehouse=lakehouse,
+        llm=llm,
+    )
+    tokenizer = get_tokenizer()
+    tokens = [tokenizer.count(o.text) if o.text else 0 for o in outputs]
+    frame = pl.DataFrame(
+        {
+            "patch_id": [o.patch_id for o in outputs],
+            "caption": pl.Series([o.text for o in outputs], dtype=pl.String),
+            "clip_tokens": pl.Series(tokens, dtype=pl.Int32),
+            "fits_clip": [0 < t <= CLIP_CONTEXT_LENGTH for t in tokens],
+            **parts["common"],
+        }
+    ).select(CAPTIONS.column_names)
+    parts["stats"]["share_fitting_clip"] = (
+        round(sum(frame["fits_clip"]) / len(frame), 3) if len(frame) else 1.0
+    )
+    return finish(
+        context,
+        CAPTIONS,
+        frame,
+        outputs,
+        parts["stats"],
+        config,
+        lakehouse,
+        ["patch_id", "clip_tokens", "caption"],
+    )

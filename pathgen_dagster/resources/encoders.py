@@ -1,0 +1,87 @@
+"""The image/text encoder resource: weight-free morphology by default, CLIP in production."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+
+from pathgen_dagster.lib.clip_encoder import OpenClipEncoder, resolve_device
+from pathgen_dagster.lib.morphology import MorphologyEncoder, MorphologyFacts
+from pathgen_dagster.lib.text_encoder import SentenceEncoder
+
+
+class Encoders(dg.ConfigurableResource):
+    """Which encoders embed tiles (for clustering) and rank them against text prompts.
+
+    ``morphology`` (default, no weights): tiles are embedded by their measured H&E
+    morphology; for retrieval, each tile's measurements are written as a factual sentence
+    and both that sentence and the prompts are embedded with the packaged MiniLM sentence
+    model. This is a weaker, weight-free stand-in for CLIP: it ranks by what was measured,
+    not by what a vision model sees. ``open_clip``: a local CLIP checkpoint (PathGen-CLIP-L,
+    CONCH, PLIP...) embeds tiles and prompts, as PathGen did.
+
+    Attributes:
+        kind: ``morphology`` or ``open_clip``.
+        checkpoint: local path of the open_clip checkpoint (``open_clip`` only).
+        model_name: open_clip architecture (``open_clip`` only).
+        device: ``auto`` uses a GPU when one is present.
+        batch_size: tiles per batch.
+    """
+
+    kind: Literal["morphology", "open_clip"] = "morphology"
+    checkpoint: str | None = None
+    model_name: str = "ViT-L-14"
+    device: str = "auto"
+    batch_size: int = 16
+
+    @cached_property
+    def morphology(self) -> MorphologyEncoder:
+        return MorphologyEncoder(device=resolve_device(self.device), batch_size=self.batch_size)
+
+    @cached_property
+    def clip(self) -> OpenClipEncoder:
+        if not self.checkpoint:
+            raise ValueError("encoder kind 'open_clip' needs `checkpoint`, a local checkpoint path")
+        return OpenClipEncoder(
+            self.checkpoint,
+            model_name=self.model_name,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+
+    @cached_property
+    def sentences(self) -> SentenceEncoder:
+        return SentenceEncoder(device=resolve_device(self.device))
+
+    @property
+    def image_encoder_id(self) -> str:
+        return self.morphology.encoder_id if self.kind == "morphology" else self.clip.encoder_id
+
+    @property
+    def text_encoder_id(self) -> str:
+        return self.sentences.encoder_id if self.kind == "morphology" else self.clip.encoder_id
+
+    def embed_tiles(
+        self, tiles: np.ndarray, mpp: float
+    ) -> tuple[np.ndarray, list[MorphologyFacts]]:
+        """Image embeddings of the tiles and their measured morphology (always measured)."""
+        embeddings, facts = self.morphology.embed(tiles, mpp)
+        if self.kind == "open_clip":
+            embeddings = self.clip.embed_images(tiles)
+        return embeddings.astype(np.float32), facts
+
+    def retrieval_embeddings(
+        self, embeddings: np.ndarray, facts_sentences: list[str]
+    ) -> np.ndarray:
+        """The tiles' side of prompt retrieval: CLIP image embeddings, or the MiniLM
+        embeddings of their measured-morphology sentences in the default mode."""
+        return self.sentences.encode(facts_sentences) if self.kind == "morphology" else embeddings
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Text embeddings in the space tiles are ranked in."""
+        return (
+            self.sentences.encode(texts) if self.kind == "morphology" else self.clip.encode(texts)
+        )
