@@ -73,9 +73,12 @@ class EmbeddedServer:
         port: TCP port; 0 lets the OS choose a free one (read it from ``port``).
         n_parallel: decoding slots, i.e. requests served at once (continuous batching).
         ctx_per_slot: context window of each slot in tokens (prompt + completion).
-        n_threads: CPU threads for decoding; None uses every core llama.cpp counts.
+        n_threads: CPU threads for decoding; None uses every core llama.cpp counts. On a
+            machine busy with other work, 1 is far faster: llama.cpp's threads spin while
+            waiting for each other, and on oversubscribed cores that wait dominates.
         startup_timeout_s: seconds to wait for the model to load and the port to answer.
-        verbosity: llama.cpp log level (-1 silent, 3 everything); logs go to ``log_path``.
+        verbosity: llama.cpp log level (-1 silent, 3 everything); the log is written to
+            ``log_path`` while the server runs, and quoted in start-up errors.
     """
 
     def __init__(
@@ -141,7 +144,8 @@ class EmbeddedServer:
         ]  # fmt: skip
         if self.n_threads is not None:
             command += ["--n-threads", str(self.n_threads)]
-        # The log outlives the child so a failed start can be diagnosed afterwards.
+        # A file, not a pipe: nobody drains a pipe while the server runs, and a full pipe
+        # would block llama.cpp's logging.
         with tempfile.NamedTemporaryFile(
             "w", prefix="pathgen-llama-", suffix=".log", delete=False
         ) as log:
@@ -154,14 +158,18 @@ class EmbeddedServer:
             self._base_url = self._read_address(deadline)
             wait_until_ready(self._base_url, timeout_s=max(deadline - time.monotonic(), 1.0))
         except Exception as error:
+            log_tail = self._log_tail()
             self.stop()
             raise EmbeddedServerError(
-                f"embedded llama.cpp server did not start: {error}\n{self._log_tail()}"
+                f"embedded llama.cpp server did not start: {error}\n{log_tail}"
             ) from error
         return self
 
     def stop(self) -> None:
-        """Stops the child process (stdin EOF, then SIGTERM, then SIGKILL); idempotent."""
+        """Stops the child process (stdin EOF, then SIGTERM, then SIGKILL) and deletes its log.
+
+        Idempotent.
+        """
         process, self._process, self._base_url = self._process, None, None
         if process is None:
             return
@@ -177,6 +185,9 @@ class EmbeddedServer:
                 continue
         if process.stdout is not None:
             process.stdout.close()
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
@@ -207,7 +218,7 @@ class EmbeddedServer:
         """The last characters of the child's llama.cpp log, for error messages."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return f"log {self.log_path} ends with:\n{self.log_path.read_text()[-n_chars:]}"
+        return f"llama.cpp log ends with:\n{self.log_path.read_text()[-n_chars:]}"
 
 
 def _serve(args: argparse.Namespace) -> None:

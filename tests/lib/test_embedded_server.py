@@ -63,7 +63,10 @@ def test_start_answer_stop_frees_the_port() -> None:
         assert body["model"] == SMOLLM2_MODEL_ID
         port = server.port
         process = server._process
+        log_path = server.log_path
+        assert log_path is not None and log_path.exists()
     assert not server.running
+    assert not log_path.exists()
     assert process is not None and process.returncode is not None
     assert _port_is_free(port)
     with pytest.raises(EmbeddedServerError, match="not running"):
@@ -77,7 +80,7 @@ def test_unloadable_model_fails_with_the_log(tmp_path: Path) -> None:
     server = EmbeddedServer(bogus, startup_timeout_s=30)
     with pytest.raises(EmbeddedServerError, match="did not start") as raised:
         server.start()
-    assert "log" in str(raised.value)
+    assert "llama.cpp log ends with" in str(raised.value)
     assert not server.running
 
 
