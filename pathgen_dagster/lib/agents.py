@@ -67,7 +67,7 @@ class AgentConfig:
     description_max_words: int = 120
     caption_max_words: int = 40
     max_tokens: dict[str, int] = field(
-        default_factory=lambda: {"description": 320, "revision": 640, "summary": 96}
+        default_factory=lambda: {"description": 256, "revision": 448, "summary": 96}
     )
 
 
@@ -168,6 +168,9 @@ class Agent:
     """One stage's grounded text, prompt, and acceptance test."""
 
     name: AgentName
+    # Constrained decoding where the answer has a fixed shape (vLLM and llama.cpp both
+    # enforce it); small models rarely produce valid JSON without it.
+    response_format: dict | None = None
 
     def grounded(self, item: PatchInput) -> tuple[str, tuple[dict, ...]]:
         raise NotImplementedError
@@ -204,6 +207,7 @@ class DescriptionAgent(Agent):
 
 class RevisionAgent(Agent):
     name = "revision"
+    response_format = {"type": "json_object"}
 
     def grounded(self, item):
         revised, edits = verbalize.revise(item.previous or "", item.facts, seed=item.patch_id)
@@ -410,7 +414,8 @@ def _sampling(agent: Agent, config: AgentConfig, patch_id: str, attempt: int) ->
 
 
 def _request_args(sampling: dict) -> dict:
-    return {k: sampling[k] for k in ("temperature", "top_p", "max_tokens", "seed", "stop")}
+    keys = ("temperature", "top_p", "max_tokens", "seed", "stop", "response_format")
+    return {k: sampling[k] for k in keys}
 
 
 def _settle(agent, p: _Progress, answer, template, sampling, session, attempt, config) -> None:

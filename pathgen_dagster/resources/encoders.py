@@ -7,6 +7,7 @@ from typing import Literal
 
 import dagster as dg
 import numpy as np
+import torch
 
 from pathgen_dagster.lib.clip_encoder import OpenClipEncoder, resolve_device
 from pathgen_dagster.lib.morphology import MorphologyEncoder, MorphologyFacts
@@ -29,6 +30,9 @@ class Encoders(dg.ConfigurableResource):
         model_name: open_clip architecture (``open_clip`` only).
         device: ``auto`` uses a GPU when one is present.
         batch_size: tiles per batch.
+        torch_threads: CPU threads torch may use; 1 by default because on a shared CPU
+            two threads waiting on each other ran the batched descriptor 2.5x slower
+            (scripts/bench_morphology.py); raise it on a dedicated machine.
     """
 
     kind: Literal["morphology", "open_clip"] = "morphology"
@@ -36,9 +40,11 @@ class Encoders(dg.ConfigurableResource):
     model_name: str = "ViT-L-14"
     device: str = "auto"
     batch_size: int = 16
+    torch_threads: int = 1
 
     @cached_property
     def morphology(self) -> MorphologyEncoder:
+        torch.set_num_threads(self.torch_threads)
         return MorphologyEncoder(device=resolve_device(self.device), batch_size=self.batch_size)
 
     @cached_property
