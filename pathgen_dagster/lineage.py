@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from pathgen_dagster.lib.schemas import TABLES
 from pathgen_dagster.lib.sql import connect
 from pathgen_dagster.lib.sql_models import quote
 from pathgen_dagster.resources.lakehouse import Lakehouse
@@ -180,23 +181,30 @@ def _stage_row(
     key: str,
     value: str,
 ) -> tuple[dict[str, Any] | None, int | None, str]:
-    current = lakehouse.version(table)
-    if current is None:
-        return None, None, "table never written"
-    note = "" if version is not None else "current version"
-    read_version = version if version is not None else current
+    uri = lakehouse.uri(table)
+    note = ""
+    if version is None:
+        # Not read by the SQL model: today's version. (Asking for the current version loads
+        # the Delta log in Python: done only where no pinned version exists.)
+        version = lakehouse.version(table)
+        if version is None:
+            return None, None, "table never written"
+        note = "current version"
     try:
-        row = _read_row(connection, lakehouse.uri(table), read_version, slide_id, key, value)
+        row = _read_row(connection, uri, version, slide_id, key, value, table=table)
     except duckdb.Error:
-        if read_version == current:
+        current = lakehouse.version(table)
+        if current is None:
+            return None, None, f"table gone since v{version} was read"
+        if current == version:
             raise
         # Time travel fails once vacuum removed the old files: show today's row, flagged.
-        note = f"v{read_version} no longer readable (vacuumed?); showing current v{current}"
-        read_version = current
-        row = _read_row(connection, lakehouse.uri(table), current, slide_id, key, value)
+        note = f"v{version} no longer readable (vacuumed?); showing current v{current}"
+        version = current
+        row = _read_row(connection, uri, version, slide_id, key, value, table=table)
     if row is None:
         note = (note + "; " if note else "") + "row not found"
-    return row, read_version, note
+    return row, version, note
 
 
 def _read_row(
@@ -206,23 +214,18 @@ def _read_row(
     slide_id: str,
     key: str,
     value: str,
+    *,
+    table: str,
 ) -> dict[str, Any] | None:
     relation = f"delta_scan({quote(uri)}, version => {version})"
-    columns = [
-        name
-        for name, *_ in connection.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
-        if name not in HIDDEN
-    ]
-    select = ", ".join(f'"{name}"' for name in columns)
-    rows = (
-        connection.execute(
-            f"SELECT {select} FROM {relation} WHERE slide_id = {quote(slide_id)} "
-            f'AND "{key}" = $value',
-            {"value": value},
-        )
-        .to_arrow_table()
-        .to_pylist()
-    )
+    where = f'WHERE slide_id = {quote(slide_id)} AND "{key}" = $value'
+    # Columns to leave out come from the declared schema: asking DuckDB (DESCRIBE) would
+    # replay the Delta log a second time, the slow part on a table of thousands of files.
+    spec = TABLES.get(table)
+    hidden = [name for name in (spec.column_names if spec else ()) if name in HIDDEN]
+    select = f"* EXCLUDE ({', '.join(hidden)})" if hidden else "*"
+    result = connection.execute(f"SELECT {select} FROM {relation} {where}", {"value": value})
+    rows = result.to_arrow_table().to_pylist()
     return rows[0] if rows else None
 
 

@@ -176,7 +176,7 @@ def iter_pairs(
 def _fetch(
     connection: duckdb.DuckDBPyConnection, query: str, batch_rows: int
 ) -> Iterator[dict[str, Any]]:
-    reader = connection.sql(query).fetch_record_batch(batch_rows)
+    reader = connection.sql(query).to_arrow_reader(batch_rows)
     for batch in reader:
         yield from batch.to_pylist()
 

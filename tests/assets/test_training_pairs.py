@@ -9,6 +9,7 @@ The end-to-end test with the real stage assets lives in test_pipeline_to_exports
 import hashlib
 import io
 import json
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -409,3 +410,88 @@ def test_an_export_after_patches_changed_fails_and_keeps_the_old_one(built, inst
     )
     kept = read_manifest(Path(lakehouse.root).resolve() / "exports" / "webdataset")
     assert kept == old
+
+
+def test_pipeline_to_exports(instance, lakehouse, sample_landing):
+    """The real chain on the real CMU slide (grounded agents), then every SQL model and
+    export: pairs are exactly the captions caption_quality passed, lineage points at the
+    real rows, and every export holds the pairs."""
+    from assets.caption_quality import caption_quality
+    from assets.captions import captions, descriptions, revised_descriptions
+    from assets.patches import patch_embeddings, patches
+    from pathgen_dagster.lineage import trace
+    from pathgen_dagster.resources.encoders import Encoders
+    from pathgen_dagster.resources.llm import LLMServer
+
+    resources = {
+        "lakehouse": lakehouse,
+        "slide_store": SlideStore(landing=str(sample_landing)),
+        "encoders": Encoders(device="cpu"),
+        "llm": LLMServer(),
+    }
+    register_landing(instance, lakehouse, sample_landing)
+    chain = [slides, tiles, patch_embeddings, patches, descriptions, revised_descriptions]
+    chain += [captions, caption_quality, MODELS["training_pairs"]]
+    materialize(chain, instance, resources, SLIDE_A)
+    materialize(
+        [MODELS["quarantine_report"], MODELS["dataset_stats"], *EXPORTS], instance, resources
+    )
+
+    verdicts = lakehouse.read("caption_quality", slide_id=SLIDE_A)
+    pairs = lakehouse.read("training_pairs").sort("pair_id")
+    assert verdicts.height > 0
+    assert pairs["pair_id"].to_list() == sorted(verdicts.filter(passed=True)["patch_id"])
+    assert sorted(lakehouse.read("quarantine_report")["patch_id"]) == sorted(
+        verdicts.filter(passed=False)["patch_id"]
+    )
+    stats = lakehouse.read("dataset_stats").filter(tissue_site="all").row(0, named=True)
+    assert (stats["checked"], stats["pairs"]) == (verdicts.height, pairs.height)
+    root = Path(lakehouse.root).resolve() / "exports"
+    for export in ("pathgen_json", "image_folder_csv", "webdataset"):
+        manifest = read_manifest(root / export)
+        assert manifest["pairs"] == pairs.height and verify(root / export) == []
+    if pairs.height:
+        lineage = trace(lakehouse, pairs["pair_id"][0])
+        assert all(step.row is not None for step in lineage.steps)
+        caption = next(step for step in lineage.steps if step.table == "captions").row
+        assert caption["caption"] == pairs["caption"][0] and caption["backend"] == "grounded"
+
+
+def test_code_location_shows_the_chain_with_sql_models_and_exports():
+    from pathgen_dagster.definitions import defs
+
+    graph = defs().resolve_asset_graph()
+    parents = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert parents["training_pairs"] == {
+        "slides",
+        "patches",
+        "descriptions",
+        "revised_descriptions",
+        "captions",
+        "caption_quality",
+    }
+    assert "training_pairs" in parents["dataset_stats"]
+    assert parents["webdataset_export"] == {"training_pairs", "patches"}
+    assert graph.get(dg.AssetKey("training_pairs")).partitions_def is not None
+    for name in ("dataset_stats", "quarantine_report", "pathgen_json_export"):
+        assert graph.get(dg.AssetKey(name)).partitions_def is None
+
+
+def test_cli_export_builds_summaries_and_exports(built, resources, tmp_path, monkeypatch, capsys):
+    from pathgen_dagster.cli import main
+
+    lakehouse = resources["lakehouse"]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("PATHGEN_LAKEHOUSE", lakehouse.root)
+    monkeypatch.setenv("PATHGEN_LANDING", str(tmp_path))
+    (tmp_path / "dagster_home").mkdir()
+    assert main(["--lakehouse", lakehouse.root, "export"]) == 0
+    out = capsys.readouterr().out
+    pairs = lakehouse.read("training_pairs").height
+    for name in ("pathgen_json_export", "image_folder_csv_export", "webdataset_export"):
+        assert re.search(rf"{name}\s+{pairs} rows", out), out
+    assert lakehouse.read("quarantine_report").height == 2 * len(FAILING)
+    assert main(["--lakehouse", lakehouse.root, "export", "--only", "nope"]) == 2
