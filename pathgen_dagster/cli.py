@@ -79,36 +79,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pathgen_dagster.definitions import defs
+    from pathgen_dagster.runner import run_whole_dataset
 
-    definitions = defs()
-    graph = definitions.resolve_asset_graph()
-    # Whole-dataset SQL models and exports: everything unpartitioned that training_pairs feeds.
-    downstream = {
-        key
-        for key in graph.get_all_asset_keys()
-        if graph.get(key).group_name in ("training_data", "exports")
-        and graph.get(key).partitions_def is None
-        and graph.get(key).is_materializable
-    }
     if args.only:
-        wanted = {dg.AssetKey(name) for name in args.only}
-        unknown = wanted - downstream
+        # An empty asset selection would run every asset: refuse names that select nothing.
+        graph = defs().resolve_asset_graph()
+        whole = {
+            key.to_user_string()
+            for key in graph.get_all_asset_keys()
+            if graph.get(key).partitions_def is None and graph.get(key).is_materializable
+        }
+        unknown = sorted(set(args.only) - whole)
         if unknown:
-            names = sorted(k.to_user_string() for k in downstream)
-            print(f"unknown export {sorted(k.to_user_string() for k in unknown)}; known: {names}")
+            print(f"not a whole-dataset asset: {unknown}; known: {sorted(whole)}")
             return 2
-        downstream = wanted
+    selection = (
+        " or ".join(f'key:"{name}"' for name in args.only)
+        if args.only
+        else 'group:"training_data" or group:"exports"'
+    )
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance,
-            asset_selection=sorted(downstream),
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            tags={"pathgen/runner": "cli"},
-        )
+        result = run_whole_dataset(instance, selection=selection)
     for event in result.get_asset_materialization_events():
-        materialization = event.asset_materialization
+        materialization = event.step_materialization_data.materialization
         metadata = materialization.metadata
         count = metadata.get("pairs", metadata.get("dagster/row_count"))
         where = metadata.get("directory")

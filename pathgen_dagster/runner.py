@@ -76,3 +76,26 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
                 error = error.cause
             return f"{event.step_key}: {error.message.strip()}"
     return "run failed"
+
+
+def run_whole_dataset(
+    instance: dg.DagsterInstance, *, selection: str = "*", log_level: str = "WARNING"
+) -> dg.ExecuteInProcessResult:
+    """One in-process run of the unpartitioned assets in ``selection`` (summaries, exports)."""
+    from pathgen_dagster.definitions import defs
+
+    definitions = defs()
+    graph = definitions.resolve_asset_graph()
+    selected = dg.AssetSelection.from_string(selection).resolve(graph)
+    whole = sorted(
+        key
+        for key in selected
+        if graph.get(key).partitions_def is None and graph.get(key).is_materializable
+    )
+    return definitions.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=whole,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        tags={"pathgen/runner": "cli"},
+    )

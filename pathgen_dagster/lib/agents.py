@@ -360,7 +360,8 @@ def run_agent(
                 },
             )
             sampling = _sampling(agent, config, p.item.patch_id, attempt) | {
-                "stop": list(session.stop)
+                "stop": list(session.stop),
+                "response_format": agent.response_format,
             }
             key = sha(
                 json.dumps(
@@ -431,7 +432,8 @@ def _settle(agent, p: _Progress, answer, template, sampling, session, attempt, c
     try:
         if not cached and not answer.ok:
             raise Rejected(f"request failed: {answer.error}")
-        if (reason := screen_output(text or "", finish)) is not None:
+        reason = screen_output(text or "", finish, example_phrases=template.example_phrases)
+        if reason is not None:
             raise Rejected(reason)
         accepted, edits = agent.accept(p.item, text)
     except TooLong as too_long:

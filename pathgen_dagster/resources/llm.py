@@ -64,6 +64,9 @@ class LLMServer(dg.ConfigurableResource):
         deadline_s: seconds one request may take, retries included.
         max_retries: retries on connection errors, timeouts, 429 and 5xx.
         embedded_parallel: decoding slots of the embedded server.
+        embedded_threads: CPU threads of the embedded server; 1 by default, because on a
+            shared 2-core machine two llama.cpp threads spin-waiting on each other were up
+            to 14x slower than one.
         stop: stop sequences sent with every request (base models without a chat
             template keep writing the next turn, e.g. ``["\nUser:"]``).
     """
@@ -80,6 +83,7 @@ class LLMServer(dg.ConfigurableResource):
     deadline_s: float = 600.0
     max_retries: int = 4
     embedded_parallel: int = 4
+    embedded_threads: int | None = 1
     stop: list[str] = []
 
     def _client(self, base_url: str) -> ChatClient:
@@ -99,7 +103,9 @@ class LLMServer(dg.ConfigurableResource):
             yield None
         elif self.backend == "embedded":
             with (
-                EmbeddedServer(n_parallel=self.embedded_parallel) as server,
+                EmbeddedServer(
+                    n_parallel=self.embedded_parallel, n_threads=self.embedded_threads
+                ) as server,
                 self._client(server.base_url) as client,
             ):
                 yield Session("embedded", server.model_id, False, client, tuple(self.stop))

@@ -56,7 +56,7 @@ def metadata(result, asset: str, key: str):
     [event] = [
         e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == asset
     ]
-    return event.asset_materialization.metadata[key].value
+    return event.step_materialization_data.materialization.metadata[key].value
 
 
 def test_grounded_chain_is_faithful_and_fits_clip(instance, patched):

@@ -108,7 +108,7 @@ def test_three_agents_through_vllm(vllm_url, sample_landing: Path, tmp_path: Pat
     )
     assert rerun.success
     for event in rerun.get_asset_materialization_events():
-        assert event.asset_materialization.metadata["requests_sent"].value == 0
+        assert event.step_materialization_data.materialization.metadata["requests_sent"].value == 0
     print(
         f"\nvLLM CPU: three agents for {n_patches} patches in {first_seconds:.1f}s; "
         f"{len(cache)} answers cached; re-run sent 0 requests"
