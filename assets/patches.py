@@ -10,12 +10,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
-from pathgen_dagster.lib.verbalize import facts_sentence
 from PIL import Image
 
 from pathgen_dagster.lib.prompts_library import PromptLibrary, load_report_findings
 from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, SLIDES, TILES
 from pathgen_dagster.lib.selection import SelectionConfig, select
+from pathgen_dagster.lib.verbalize import facts_sentence
 from pathgen_dagster.lib.wsi import SlideReadError, open_slide, read_tiles
 from pathgen_dagster.metadata import column_schema, config_hash, picture, preview
 from pathgen_dagster.partitions import slide_partitions
