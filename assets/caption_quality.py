@@ -39,6 +39,7 @@ from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 _DEFAULTS = FidelityConfig()
+_FRAME_SCHEMA = pl.from_arrow(CAPTION_QUALITY.schema.empty_table()).schema
 
 
 class CaptionQualityConfig(dg.Config):
@@ -209,6 +210,7 @@ def caption_quality(
         },
         schema_overrides={"slide_id": pl.String, "ruleset_version": pl.String},
     ).select(CAPTION_QUALITY.column_names)
+    frame = frame.cast(dict(_FRAME_SCHEMA))  # an empty slide's columns would be typed Null
     elapsed = time.perf_counter() - started
     version = lakehouse.write_slide(CAPTION_QUALITY.name, slide_id, frame)
     rates = pass_rates([j.results for j in judgements])

@@ -61,7 +61,7 @@ BASE_MEASUREMENTS = {
     "orientation_coherence": 0.4, "bandpass_energy_fine": 0.01,
     "bandpass_energy_medium": 0.01, "bandpass_energy_coarse": 0.01,
 }  # fmt: skip
-SITES = ("lung", "breast", "colon", "skin", None)
+SITES = ("lung", "breast", "colon", "skin", "prostate")
 CORRUPTIONS = ("unsupported", "meta", "overflow", "copy", "question")
 
 

@@ -934,7 +934,7 @@ RULES: tuple[Rule, ...] = (
     Rule("image_text_alignment", "warn", 1, "alignment",
          "cosine MiniLM(caption) vs MiniLM(facts sentence), or CLIP score",
          ">= min_alignment (0.30) / min_clip_score (20)", _aligned),
-    Rule("unique_caption", "severe", 1, "duplicates",
+    Rule("unique_caption", "warn", 1, "duplicates",
          "folded caption text vs earlier captions of the slide and kept captions of "
          "other slides", "no exact duplicate", _unique),
     Rule("not_near_duplicate", "warn", 1, "duplicates",

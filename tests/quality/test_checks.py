@@ -393,3 +393,13 @@ def test_checks_on_a_real_materialized_slide(instance, lakehouse, landing):
     report = quality_report(lakehouse)
     assert report.slides["slide_id"].to_list() == [slide_id]
     assert report.slides["gate"].to_list() == ["pass"]
+
+
+def test_a_slide_without_captions_passes_with_nothing_to_train_on(instance, resources, lakehouse):
+    write_slide(lakehouse, "other", GOOD_CAPTIONS[:1])  # the tables exist ...
+    write_slide(lakehouse, "no-tissue", [])  # ... and this slide has no patches at all
+    result = materialize_quality("no-tissue", instance, resources)
+    assert result.success
+    gate = evaluations(result)[checks.CAPTION_FIDELITY_GATE]
+    assert gate.passed and "no captions" in gate.description
+    assert lakehouse.read("caption_quality", slide_id="no-tissue").is_empty()
