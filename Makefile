@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test lint ui bench clean register
+.PHONY: install demo test test-vllm lint ui bench bench-vllm clean register
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -41,15 +41,37 @@ demo: register
 ui: register
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-bench: install $(LANDING)/manifest.csv
+VLLM_VENV ?= .venv-vllm
+VLLM_MODEL ?= models/gemma-3-270m
+
+$(VLLM_MODEL)/.ready: | install
+	bash scripts/vllm/setup.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python scripts/vllm/prepare_model.py $(VLLM_MODEL)
+	touch $@
+
+# The three caption agents for one real slide through a real `vllm serve` (CPU build).
+test-vllm: install $(VLLM_MODEL)/.ready
+	PATHGEN_VLLM_PYTHON=$(abspath $(VLLM_VENV)/bin/python) PATHGEN_VLLM_MODEL=$(abspath $(VLLM_MODEL)) \
+	  $(VENV)/bin/pytest -q -s -m vllm tests/vllm
+
+# Benchmarks: each prints ratios against a baseline measured in the same run.
+bench: demo
 	$(PY) scripts/bench_tiles.py $(LANDING)/synthetic-aperio-40x.svs
+	$(PY) scripts/bench_morphology.py
+	$(PY) scripts/bench_agents.py --lakehouse $(LAKEHOUSE)
+	$(PY) scripts/bench_quality.py
+	$(PY) scripts/bench_training_pairs.py
+
+# vLLM CPU throughput, 1 vs 8 requests in flight.
+bench-vllm: $(VLLM_MODEL)/.ready
+	bash scripts/vllm/ci.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not vllm and not ui"
 
 clean:
 	rm -rf $(LAKEHOUSE) $(LANDING) dagster_home
