@@ -92,6 +92,9 @@ def run_whole_dataset(
         for key in selected
         if graph.get(key).partitions_def is None and graph.get(key).is_materializable
     )
+    if not whole:
+        # An empty selection would make Dagster run every asset, partitioned ones included.
+        raise ValueError(f"selection {selection!r} holds no unpartitioned asset")
     return definitions.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
         asset_selection=whole,
