@@ -1,5 +1,8 @@
-"""New slides in the landing zone become partitions, in capped batches."""
+"""New slides in the landing zone become partitions, in capped batches (and, if asked, runs)."""
 
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -8,13 +11,21 @@ import dagster as dg
 import polars as pl
 
 from pathgen_dagster.lib.registry import LandingFile, RejectedFile, landing_files
-from pathgen_dagster.lib.schemas import SLIDE_ERRORS
+from pathgen_dagster.lib.schemas import SLIDE_ERRORS, SLIDES
 from pathgen_dagster.lib.wsi import SlideReadError, inspect
 from pathgen_dagster.partitions import SLIDES_PARTITION, slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
 
 DEFAULT_BATCH_SIZE = 500
+# Runs the sensor may request per tick when auto-run is on: the run queue
+# (dagster.yaml `concurrency: runs: max_concurrent_runs`) drains them; the cap keeps one
+# tick from queueing a whole landing zone at once.
+DEFAULT_MAX_RUNS_PER_TICK = 20
+AUTO_RUN_ENV = "PATHGEN_AUTO_RUN"
+MAX_RUNS_PER_TICK_ENV = "PATHGEN_AUTO_RUN_MAX_PER_TICK"
+SELECTION_ENV = "PATHGEN_AUTO_RUN_SELECTION"
+SENSOR_RUN_TAG = "pathgen/trigger"
 
 
 @dataclass(frozen=True)
@@ -81,12 +92,177 @@ class SlideSensorConfig(dg.Config):
     batch_size: int = DEFAULT_BATCH_SIZE
 
 
+@dataclass(frozen=True)
+class AutoRunSettings:
+    """Whether the landing sensor also requests runs for registered slides, and how many.
+
+    Attributes:
+        enabled: request one run per newly registered slide.
+        max_runs_per_tick: at most this many run requests per tick; the rest wait for the
+            next ticks, oldest registration first.
+        selection: Dagster asset selection string (``*``, ``group:ingest``,
+            ``key:slides or key:tiles`` ...); runs cover the slide-partitioned assets in it.
+    """
+
+    enabled: bool = False
+    max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK
+    selection: str = "*"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "AutoRunSettings":
+        """Settings from ``PATHGEN_AUTO_RUN`` (1/true/yes/on), ``PATHGEN_AUTO_RUN_MAX_PER_TICK``
+        and ``PATHGEN_AUTO_RUN_SELECTION``.
+
+        Read at every tick, never at import, from the code location's environment: the
+        shell that starts ``dagster dev`` / the code server, or the ``.env`` file in the
+        folder ``dagster dev`` starts in (which wins over the shell); restart to change it.
+        """
+        environ = os.environ if environ is None else environ
+        enabled = environ.get(AUTO_RUN_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+        raw_cap = environ.get(MAX_RUNS_PER_TICK_ENV, "").strip()
+        try:
+            cap = int(raw_cap) if raw_cap else DEFAULT_MAX_RUNS_PER_TICK
+        except ValueError:
+            raise ValueError(
+                f"{MAX_RUNS_PER_TICK_ENV}={raw_cap!r} is not an integer; "
+                f"set it to a positive number of runs per sensor tick"
+            ) from None
+        if cap < 1:
+            raise ValueError(f"{MAX_RUNS_PER_TICK_ENV} must be at least 1, got {cap}")
+        selection = environ.get(SELECTION_ENV, "").strip() or "*"
+        return cls(enabled=enabled, max_runs_per_tick=cap, selection=selection)
+
+
+@dataclass(frozen=True)
+class RunCursor:
+    """How far along the registration order the sensor has requested runs.
+
+    ``requested`` counts registered partitions already handled (requested, or skipped as
+    already materialized); ``last`` is the last of them, to re-find the position if
+    partitions were deleted in between.
+    """
+
+    requested: int = 0
+    last: str | None = None
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> "RunCursor":
+        if not cursor:
+            return cls()
+        data = json.loads(cursor)
+        return cls(requested=int(data.get("requested", 0)), last=data.get("last"))
+
+    def serialize(self) -> str:
+        return json.dumps({"requested": self.requested, "last": self.last})
+
+    def position(self, registered: Sequence[str]) -> int:
+        """Index in ``registered`` of the first partition not yet handled."""
+        if self.last is None:
+            return 0
+        if 0 < self.requested <= len(registered) and registered[self.requested - 1] == self.last:
+            return self.requested
+        try:
+            return registered.index(self.last) + 1
+        except ValueError:
+            return min(self.requested, len(registered))
+
+
+def slide_partitioned_assets(
+    repository: dg.RepositoryDefinition, selection: str = "*"
+) -> list[dg.AssetKey]:
+    """Keys of the materializable slide-partitioned assets in ``selection``."""
+    graph = repository.asset_graph
+    try:
+        selected = dg.AssetSelection.from_string(selection).resolve(graph)
+    except Exception as error:
+        raise ValueError(
+            f"{SELECTION_ENV}={selection!r} is not a Dagster asset selection ({error}); "
+            "try `*`, `group:ingest` or `key:slides or key:tiles`"
+        ) from error
+    keys = [
+        key
+        for key in selected
+        if key in graph.materializable_asset_keys
+        and graph.get(key).partitions_def == slide_partitions
+    ]
+    if not keys:
+        raise ValueError(
+            f"{SELECTION_ENV}={selection!r} selects no slide-partitioned asset; "
+            "the landing sensor has nothing to run"
+        )
+    return sorted(keys, key=lambda key: key.to_user_string())
+
+
+def plan_runs(
+    registered: Sequence[str],
+    cursor: RunCursor,
+    already_done: set[str],
+    *,
+    max_runs: int,
+) -> tuple[list[str], RunCursor]:
+    """Slides to request runs for (oldest registration first, at most ``max_runs``).
+
+    Slides already materialized (registered while auto-run was off and run by hand) are
+    passed over without a run; the returned cursor points after the last slide handled.
+    """
+    start = cursor.position(registered)
+    chosen: list[str] = []
+    handled = start
+    for slide_id in registered[start:]:
+        if len(chosen) >= max_runs:
+            break
+        handled += 1
+        if slide_id not in already_done:
+            chosen.append(slide_id)
+    if handled == start:
+        return chosen, cursor
+    return chosen, RunCursor(requested=handled, last=registered[handled - 1])
+
+
+def auto_run_requests(
+    context: dg.SensorEvaluationContext,
+    new_keys: Sequence[str],
+    settings: AutoRunSettings,
+) -> tuple[list[dg.RunRequest], str | None]:
+    """Run requests for registered slides not yet run, and the sensor's next cursor."""
+    repository = context.repository_def
+    if repository is None:
+        raise dg.DagsterInvariantViolationError(
+            "landing_sensor: auto-run needs the code location's definitions "
+            "(pass definitions= to build_sensor_context in tests)"
+        )
+    selection = slide_partitioned_assets(repository, settings.selection)
+    registered = list(context.instance.get_dynamic_partitions(SLIDES_PARTITION))
+    # Partitions requested in this very tick are added before its runs are created.
+    already_registered = set(registered)
+    registered += [key for key in new_keys if key not in already_registered]
+    done = set(context.instance.get_materialized_partitions(dg.AssetKey(SLIDES.name)))
+    chosen, cursor = plan_runs(
+        registered, RunCursor.parse(context.cursor), done, max_runs=settings.max_runs_per_tick
+    )
+    requests = [
+        dg.RunRequest(
+            run_key=f"slide-{slide_id}",
+            partition_key=slide_id,
+            asset_selection=selection,
+            tags={SENSOR_RUN_TAG: "landing_sensor"},
+        )
+        for slide_id in chosen
+    ]
+    return requests, cursor.serialize() if cursor.last is not None else context.cursor
+
+
 @dg.sensor(
     name="landing_sensor",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
+    target=dg.AssetSelection.all(),
     description="Registers slides that land in the landing zone as `slides` partitions "
-    f"(at most {DEFAULT_BATCH_SIZE} per tick) and records unreadable files in slide_errors.",
+    f"(at most {DEFAULT_BATCH_SIZE} per tick) and records unreadable files in slide_errors. "
+    f"With {AUTO_RUN_ENV}=1 in the code location's environment it also requests one run "
+    "per registered slide over every slide-partitioned asset, at most "
+    f"{MAX_RUNS_PER_TICK_ENV} (default {DEFAULT_MAX_RUNS_PER_TICK}) per tick; "
+    f"{SELECTION_ENV} narrows the assets (default: all).",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext, lakehouse: Lakehouse, slide_store: SlideStore
@@ -94,11 +270,19 @@ def landing_sensor(
     discovery = discover(slide_store.path, known_ids(context.instance, lakehouse))
     record_rejections(lakehouse, discovery.rejected)
     keys = [f.slide_id for f in discovery.new]
+    settings = AutoRunSettings.from_env()
+    run_requests, cursor = (
+        auto_run_requests(context, keys, settings) if settings.enabled else ([], context.cursor)
+    )
+    if keys or run_requests:
+        skip_reason = None
+    else:
+        skip_reason = dg.SkipReason(f"no new slides ({len(discovery.rejected)} rejected)")
     return dg.SensorResult(
+        run_requests=run_requests,
         dynamic_partitions_requests=[slide_partitions.build_add_request(keys)] if keys else [],
-        skip_reason=None
-        if keys
-        else dg.SkipReason(f"no new slides ({len(discovery.rejected)} rejected)"),
+        cursor=cursor,
+        skip_reason=skip_reason,
     )
 
 

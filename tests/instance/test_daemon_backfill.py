@@ -1,0 +1,211 @@
+"""The shipped instance configuration under a real daemon: sensor, run queue, pools, GraphQL.
+
+One `dagster dev` (webserver + daemon + code server) serves a fresh site whose dagster.yaml
+is the project's and whose pool limits come from deploy/set_pools.sh. Nothing is mocked:
+
+1. The landing sensor, turned on through GraphQL with auto-run enabled in the code
+   location's environment, registers the landed sample slides and requests their runs;
+   the run queue never has more than `max_concurrent_runs` of them in progress.
+2. The whole pipeline is backfilled over every slide through the GraphQL API (the
+   mutation the UI sends). The `tile_readers` pool is first paused (limit 0, as an operator
+   would), so every run in progress provably waits at `tiles`; the shipped limits are then
+   restored, and polling the instance shows no pool ever holding more slots than its limit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pathgen_dagster.definitions import MAX_CONCURRENT_STEPS
+from pathgen_dagster.partitions import SLIDES_PARTITION
+from pathgen_dagster.resources.lakehouse import Lakehouse
+from pathgen_dagster.sensors import (
+    AUTO_RUN_ENV,
+    MAX_RUNS_PER_TICK_ENV,
+    SELECTION_ENV,
+    SENSOR_RUN_TAG,
+)
+from tests.ui.dagster_site import (
+    ROOT,
+    TERMINAL_BACKFILL,
+    VENV_BIN,
+    DagsterDev,
+    StepSpan,
+    backfill_outcome,
+    blocked_messages,
+    build_site,
+    describe_pipeline,
+    most_at_once,
+    step_spans,
+)
+
+pytestmark = [pytest.mark.daemon, pytest.mark.slow]
+
+SAMPLE_IDS = [
+    "CMU-1-Small-Region",
+    "synthetic-aperio-20x",
+    "synthetic-aperio-40x",
+    "synthetic-generic-20x",
+]
+BACKFILL_TIMEOUT_S = 900
+IN_PROGRESS = [
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, sample_landing: Path):
+    return build_site(
+        tmp_path_factory.mktemp("daemon") / "site",
+        landing_from=sample_landing,
+        register=False,  # the sensor registers them
+        extra_env={
+            AUTO_RUN_ENV: "1",
+            SELECTION_ENV: "key:slides",
+            MAX_RUNS_PER_TICK_ENV: str(len(SAMPLE_IDS)),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    with DagsterDev(site) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def max_concurrent_runs(site) -> int:
+    with site.instance() as instance:
+        return instance.get_concurrency_config().run_queue_config.max_concurrent_runs
+
+
+def wait_for(predicate, *, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"gave up after {timeout}s waiting for {what}")
+
+
+def run_spans(instance, run_ids) -> list[StepSpan]:
+    spans = []
+    for run_id in run_ids:
+        record = instance.get_run_record_by_id(run_id)
+        if record.start_time and record.end_time:
+            spans.append(StepSpan(run_id, "run", record.start_time, record.end_time))
+    return spans
+
+
+def test_sensor_registers_landed_slides_and_requests_their_runs(server, site, max_concurrent_runs):
+    started = server.start_sensor("landing_sensor")
+    assert started["__typename"] == "Sensor", started
+    assert started["sensorState"]["status"] == "RUNNING"
+
+    def finished_sensor_runs():
+        with site.instance() as instance:
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={SENSOR_RUN_TAG: "landing_sensor"}))
+            done = [run for run in runs if run.is_finished]
+            return runs if len(done) == len(SAMPLE_IDS) else None
+
+    runs = wait_for(finished_sensor_runs, timeout=480, what="the sensor's runs to finish")
+    with site.instance() as instance:
+        assert sorted(instance.get_dynamic_partitions(SLIDES_PARTITION)) == SAMPLE_IDS
+        assert sorted(run.tags["dagster/partition"] for run in runs) == SAMPLE_IDS
+        assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+        assert {frozenset(run.asset_selection) for run in runs} == {frozenset({dg.AssetKey("slides")})}
+        at_once = most_at_once(run_spans(instance, [run.run_id for run in runs]))
+    assert 1 <= at_once <= max_concurrent_runs
+    registry = Lakehouse(root=str(site.lakehouse)).read("slides")
+    assert sorted(registry["slide_id"].to_list()) == SAMPLE_IDS
+
+
+def test_graphql_backfill_holds_every_pool_to_its_limit(server, site, max_concurrent_runs, artifacts_dir):
+    pipeline = describe_pipeline(server)
+    assert pipeline.pools.get("tiles") == "tile_readers"
+    pools = sorted(set(pipeline.pools.values()))
+    dagster = VENV_BIN / "dagster"
+    site.run(dagster, "instance", "concurrency", "set", "tile_readers", "0")  # pause the pool
+
+    started = time.perf_counter()
+    backfill_id = server.launch_backfill(
+        pipeline.materializable, SAMPLE_IDS, title="GraphQL backfill (tests/instance)"
+    )
+
+    def all_runs_waiting_at_tiles():
+        with site.instance() as instance:
+            info = instance.event_log_storage.get_concurrency_info("tile_readers")
+            queued = instance.get_runs(
+                filters=dg.RunsFilter(
+                    tags={"dagster/backfill": backfill_id},
+                    statuses=[dg.DagsterRunStatus.QUEUED],
+                )
+            )
+            running = instance.get_runs(
+                filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}, statuses=IN_PROGRESS)
+            )
+            if info.pending_step_count == max_concurrent_runs and queued:
+                return info, running, queued
+            return None
+
+    info, running, queued = wait_for(
+        all_runs_waiting_at_tiles, timeout=300, what="every run in progress to wait at tiles"
+    )
+    # The run queue let exactly max_concurrent_runs start; the pool let none of them tile.
+    assert len(running) == max_concurrent_runs and info.active_slot_count == 0
+    assert len(queued) == len(SAMPLE_IDS) - max_concurrent_runs
+
+    site.run(ROOT / "deploy" / "set_pools.sh", env={"DAGSTER": str(dagster)})  # resume
+    most_claimed = dict.fromkeys(pools, 0)
+    with site.instance() as instance:
+        limits = {pool: instance.event_log_storage.get_concurrency_info(pool).slot_count for pool in pools}
+        assert limits["tile_readers"] == 2 and limits.get("llm", 1) == 1
+        deadline = time.monotonic() + BACKFILL_TIMEOUT_S
+        while server.backfill(backfill_id)["status"] not in TERMINAL_BACKFILL:
+            assert time.monotonic() < deadline, f"backfill {backfill_id} did not finish"
+            for pool in pools:
+                claimed = instance.event_log_storage.get_concurrency_info(pool).active_slot_count
+                assert claimed <= limits[pool], (pool, claimed, limits[pool])
+                most_claimed[pool] = max(most_claimed[pool], claimed)
+            time.sleep(0.5)
+        state = server.backfill(backfill_id)
+        seconds = time.perf_counter() - started
+        outcome = backfill_outcome(instance, backfill_id, pipeline.names)
+        report = {"graphql_backfill_seconds": round(seconds, 1), "status": state["status"]}
+        for pool in pools:
+            steps = {step for step, p in pipeline.pools.items() if p == pool}
+            spans = [s for s in step_spans(instance, steps) if s.run_id in outcome.run_ids]
+            at_once = most_at_once(spans)
+            report[f"pool_{pool}"] = {
+                "limit": limits[pool],
+                "most_slots_claimed_seen": most_claimed[pool],
+                "most_steps_at_once": at_once,
+                "steps": len(spans),
+                "times_blocked": len(blocked_messages(instance, pool)),
+            }
+            assert spans and at_once <= limits[pool], (pool, at_once, limits[pool])
+        assert len(blocked_messages(instance, "tile_readers")) >= max_concurrent_runs
+        # The executor cap: inside one run, never more than MAX_CONCURRENT_STEPS at once.
+        all_steps = step_spans(instance)
+        per_run = {
+            run_id: most_at_once([s for s in all_steps if s.run_id == run_id]) for run_id in outcome.run_ids
+        }
+        report["most_steps_at_once_in_one_run"] = max(per_run.values())
+        assert max(per_run.values()) <= MAX_CONCURRENT_STEPS, per_run
+    (artifacts_dir / "daemon-backfill.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    assert state["status"] in ("COMPLETED_SUCCESS", "COMPLETED_FAILED"), state
+    assert not outcome.unexpected_failures(), outcome.unexpected_failures()
+    assert most_claimed["tile_readers"] == limits["tile_readers"]  # the limit was reached ...
+    for stage in ("slides", "tiles", pipeline.final):  # ... and every slide got through
+        assert sorted(outcome.materialized[stage]) == SAMPLE_IDS, stage
+    rows = Lakehouse(root=str(site.lakehouse)).read(pipeline.final)
+    assert sorted(set(rows["slide_id"].to_list())) == SAMPLE_IDS
