@@ -17,7 +17,9 @@ Data-Juicer do:
 Claims checked against the measured morphology use :func:`grounding_contradictions`:
 the claims-vs-measurements table of :func:`pathgen_dagster.lib.verbalize.contradictions`
 extended by :data:`GROUNDING_RULES` below. Structure screens reuse the rule list of
-:mod:`pathgen_dagster.lib.screening` (the same rules the agents apply to model answers).
+:mod:`pathgen_dagster.lib.screening` (the same rules the agents apply to model answers),
+except its function-word test, which is meant for long descriptions (see
+:func:`non_english`).
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ class FidelityConfig:
         max_description_words: a longer one ran away (the agent asks for at most 120).
         min_alignment: lowest cosine between the MiniLM embeddings of the caption and of
             the patch's verbalised measured morphology (default, weight-free mode).
-            Set on the sample slides: faithful captions score 0.4-0.8, captions of another
-            patch type or off-topic text fall below 0.3.
+            Measured: grounded captions score 0.75-0.90 against their own patch, but also
+            0.81-0.91 against another patch's facts, so this mode cannot tell patches
+            apart (band-level truth is ``caption_grounded``'s job); it separates captions
+            about the measured morphology from vacuous or off-topic text ("The slide shows
+            cells." 0.18, unrelated text < 0.1; a generic H&E sentence 0.55).
         min_clip_score: lowest CLIP score (100 x cosine of image and caption embeddings)
             when a CLIP encoder is configured; PathGen-CLIP-style models give matched
             pairs 20-35.
