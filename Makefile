@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test test-vllm lint ui bench bench-vllm clean register
+.PHONY: install demo test test-vllm test-ui test-postgres lint ui bench bench-vllm clean register
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,16 @@ $(VLLM_MODEL)/.ready: | install
 test-vllm: install $(VLLM_MODEL)/.ready
 	PATHGEN_VLLM_PYTHON=$(abspath $(VLLM_VENV)/bin/python) PATHGEN_VLLM_MODEL=$(abspath $(VLLM_MODEL)) \
 	  $(VENV)/bin/pytest -q -s -m vllm tests/vllm
+
+# The browser stage: Debian's Chromium (installed here when missing) drives `dagster dev`:
+# asset graph, a backfill of every slide, checks; screenshots land in artifacts/ui/.
+test-ui: install
+	bash scripts/ui/run_ui_tests.sh
+
+# A slide through the pipeline with the Dagster instance stored in a throwaway PostgreSQL
+# (Debian's postgresql, installed here when missing, on 127.0.0.1).
+test-postgres: install
+	bash scripts/postgres/with_postgres.sh $(VENV)/bin/pytest -q -m postgres tests/instance/test_postgres.py
 
 # Benchmarks: each prints ratios against a baseline measured in the same run.
 bench: demo
