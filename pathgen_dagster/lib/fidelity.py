@@ -25,6 +25,7 @@ except its function-word test, which is meant for long descriptions (see
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -35,6 +36,7 @@ from typing import Literal
 import numpy as np
 
 from pathgen_dagster.lib import screening, verbalize
+from pathgen_dagster.lib.agent_prompts import TEMPLATES
 from pathgen_dagster.lib.edit_log import EditLogError, parse_revision
 from pathgen_dagster.lib.lexicon import Lexicon, Mention, get_lexicon
 from pathgen_dagster.lib.morphology import BANDS, MorphologyFacts
@@ -353,6 +355,36 @@ def edit_log_error(draft: str | None, revised: str | None, edits_json: str | Non
     return None
 
 
+PROMPT_ECHO_WORDS = 5
+"""A run of this many words copied from an agent prompt is an echo of the instructions."""
+
+
+@functools.cache
+def _prompt_ngrams() -> dict[tuple[str, ...], str]:
+    """Every PROMPT_ECHO_WORDS-word run of the agent prompts (placeholders removed)."""
+    ngrams: dict[tuple[str, ...], str] = {}
+    for template in TEMPLATES.values():
+        text = re.sub(r"\{[^{}]*\}", " ", f"{template.system}\n{template.user}")
+        found = words(text)
+        for i in range(len(found) - PROMPT_ECHO_WORDS + 1):
+            ngrams.setdefault(tuple(found[i : i + PROMPT_ECHO_WORDS]), template.template_id)
+    return ngrams
+
+
+def prompt_echo(text: str) -> str | None:
+    """The first run of words ``text`` copies from an agent prompt, or None.
+
+    Small models answer "The most important cell and tissue features in this patch are
+    ..." by repeating the summary instruction; PathGen's teacher prompt forbade such talk.
+    """
+    found, ngrams = words(text), _prompt_ngrams()
+    for i in range(len(found) - PROMPT_ECHO_WORDS + 1):
+        run = tuple(found[i : i + PROMPT_ECHO_WORDS])
+        if run in ngrams:
+            return f"echoes the {ngrams[run]} prompt: {' '.join(run)!r}"
+    return None
+
+
 def meta_language(text: str) -> str | None:
     """What makes ``text`` talk about itself or the prompt, or None."""
     for name in ("refusal_or_meta", "placeholder"):
@@ -361,7 +393,7 @@ def meta_language(text: str) -> str | None:
             return detail
     lowered = text.lower().replace("\u2019", "'")
     found = [phrase for phrase in EXTRA_META_PHRASES if phrase in lowered]
-    return f"contains {found[0]!r}" if found else None
+    return f"contains {found[0]!r}" if found else prompt_echo(text)
 
 
 MAX_FOREIGN_LETTER_SHARE = 0.05
@@ -438,9 +470,7 @@ def measure(
         description_words=len(words(revised_text)),
         unsupported_claims=tuple(unsupported_claims(text, revised_text, lexicon=lexicon)),
         contradictions=tuple(grounding_contradictions(text, facts, lexicon=lexicon)),
-        description_contradictions=tuple(
-            grounding_contradictions(revised_text, facts, lexicon=lexicon)
-        ),
+        description_contradictions=tuple(grounding_contradictions(revised_text, facts, lexicon=lexicon)),
         alignment_score=alignment_score,
         alignment_mode=alignment_mode,
         caption_key=caption_key(text),
@@ -457,9 +487,7 @@ def measure(
     )
 
 
-def unsupported_claims(
-    caption: str, description: str, *, lexicon: Lexicon | None = None
-) -> list[str]:
+def unsupported_claims(caption: str, description: str, *, lexicon: Lexicon | None = None) -> list[str]:
     """Returns the caption's claims its description does not support, as ``"text [reason]"``.
 
     Two readers, one verdict:
@@ -492,9 +520,7 @@ def unsupported_claims(
         start = lowered.find(surface.lower())
         end = start + len(surface)
         excused = claim.reason == "unsupported" and any(
-            start < b.start + len(b.phrase)
-            and b.start < end
-            and b.labels & described.get(b.claim, set())
+            start < b.start + len(b.phrase) and b.start < end and b.labels & described.get(b.claim, set())
             for b in bands
         )
         if not excused:
@@ -864,9 +890,7 @@ def _caption_grounded(m: CaptionMeasures, c: FidelityConfig) -> str | None:
 def _description_grounded(m: CaptionMeasures, c: FidelityConfig) -> str | None:
     if not m.description_contradictions:
         return None
-    return "revised description contradicts the measurements: " + "; ".join(
-        m.description_contradictions
-    )
+    return "revised description contradicts the measurements: " + "; ".join(m.description_contradictions)
 
 
 def _aligned(m: CaptionMeasures, c: FidelityConfig) -> str | None:
@@ -885,10 +909,7 @@ def _unique(m: CaptionMeasures, c: FidelityConfig) -> str | None:
 def _not_near_duplicate(m: CaptionMeasures, c: FidelityConfig) -> str | None:
     if m.exact_duplicate or m.max_duplicate_similarity < c.near_duplicate_similarity:
         return None
-    return (
-        f"near duplicate (cosine {m.max_duplicate_similarity:.3f}) of the caption of "
-        f"{m.duplicate_of}"
-    )
+    return f"near duplicate (cosine {m.max_duplicate_similarity:.3f}) of the caption of {m.duplicate_of}"
 
 
 def _edit_log(m: CaptionMeasures, c: FidelityConfig) -> str | None:
@@ -914,8 +935,9 @@ RULES: tuple[Rule, ...] = (
     Rule("sentence_end", "warn", 1, "structure", "last character",
          "ends with '.' or '!' (a cut caption does not)", _sentence_end),
     Rule("no_meta_language", "severe", 1, "structure",
-         "refusal, prompt-talk and preamble phrases; copied <placeholders>",
-         "none (screening.META_PHRASES + EXTRA_META_PHRASES)", _no_meta),
+         "refusal, prompt-talk and preamble phrases; copied <placeholders>; 5-word runs "
+         "copied from the agent prompts",
+         "none (screening.META_PHRASES + EXTRA_META_PHRASES + prompt echo)", _no_meta),
     Rule("no_questions", "severe", 1, "structure", "sentences ending with '?'", "none",
          _no_question),
     Rule("no_repetition", "warn", 1, "structure", "most frequent word 3-gram",
@@ -1040,8 +1062,7 @@ def pass_rates(rule_results: Sequence[Mapping[str, bool]]) -> dict[str, float]:
     if not rule_results:
         return dict.fromkeys(RULE_NAMES, 1.0)
     return {
-        name: sum(bool(r.get(name, False)) for r in rule_results) / len(rule_results)
-        for name in RULE_NAMES
+        name: sum(bool(r.get(name, False)) for r in rule_results) / len(rule_results) for name in RULE_NAMES
     }
 
 

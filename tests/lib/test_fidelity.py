@@ -276,6 +276,15 @@ CASES: list[tuple[str, str, dict, bool]] = [
         {"caption": "Loose stroma with <caption text> here."},
         False,
     ),
+    (
+        "no_meta_language",
+        "echoes the summary prompt (SmolLM2 on a sample slide)",
+        {
+            "caption": "The most important cell and tissue features in this patch are loose "
+            "fibrous stroma and small lymphocytes."
+        },
+        False,
+    ),
     ("no_questions", "statement", {}, True),
     (
         "no_questions",
@@ -309,10 +318,7 @@ CASES: list[tuple[str, str, dict, bool]] = [
     (
         "faithful_to_description",
         "synonyms: fibrous tissue, lymphoid cells, spindle nuclei, collagenous",
-        {
-            "caption": "Fibrous tissue with scattered lymphoid cells and spindle nuclei "
-            "in collagenous stroma."
-        },
+        {"caption": "Fibrous tissue with scattered lymphoid cells and spindle nuclei in collagenous stroma."},
         True,
     ),
     (
@@ -527,9 +533,7 @@ def test_grounding_reports_each_claim_once_with_the_measured_condition() -> None
         ("Desmoplasia surrounds the cells.", HIGH, "stromal_reaction_in_scant_stroma", LOW),
     ],
 )
-def test_grounding_extensions_catch_what_the_verbalizer_table_misses(
-    text, facts, rule, fine
-) -> None:
+def test_grounding_extensions_catch_what_the_verbalizer_table_misses(text, facts, rule, fine) -> None:
     from pathgen_dagster.lib import verbalize
 
     assert verbalize.contradictions(text, facts) == []
@@ -552,9 +556,7 @@ def test_grounding_includes_the_verbalizer_rules() -> None:
 
 
 def test_caption_key_folds_case_punctuation_and_spacing() -> None:
-    assert caption_key("Loose stroma, with lymphocytes.") == caption_key(
-        "loose  stroma with LYMPHOCYTES"
-    )
+    assert caption_key("Loose stroma, with lymphocytes.") == caption_key("loose  stroma with LYMPHOCYTES")
     assert caption_key("Loose stroma.") != caption_key("Dense stroma.")
 
 
