@@ -6,13 +6,16 @@ tokenizer, lexicon and great-expectations are the real ones. The last test runs 
 chain (slides ... captions with the grounded backend) on a real sample slide.
 """
 
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 from assets.caption_quality import caption_quality
 from pathgen_dagster.lib.fidelity import RULE_NAMES
@@ -199,10 +202,7 @@ def test_great_expectations_suite_writes_data_docs(instance, resources, lakehous
     index = Path(suite.metadata["data_docs_index"].value)
     assert index == data_docs_dir(lakehouse.root) / "index.html" and index.is_file()
     assert suite.metadata["evaluated_expectations"].value >= 15
-    assert (
-        suite.metadata["successful_expectations"].value
-        == suite.metadata["evaluated_expectations"].value
-    )
+    assert suite.metadata["successful_expectations"].value == suite.metadata["evaluated_expectations"].value
 
 
 def test_a_slide_whose_captions_all_fail_blocks_downstream(instance, resources, lakehouse):
@@ -248,9 +248,7 @@ def test_the_gate_rate_is_configurable(instance, resources, lakehouse):
     assets = [caption_quality, checks.caption_fidelity_gate, training_pairs_probe]
     run = {
         "ops": {
-            f"caption_quality_{checks.CAPTION_FIDELITY_GATE}": {
-                "config": {"max_severe_failure_rate": 0.3}
-            }
+            f"caption_quality_{checks.CAPTION_FIDELITY_GATE}": {"config": {"max_severe_failure_rate": 0.3}}
         }
     }
     result = dg.materialize(
@@ -265,9 +263,7 @@ def test_the_gate_rate_is_configurable(instance, resources, lakehouse):
 def test_duplicates_across_slides_are_quarantined(instance, resources, lakehouse):
     write_slide(lakehouse, "first", GOOD_CAPTIONS)
     assert materialize_quality("first", instance, resources).success
-    write_slide(
-        lakehouse, "second", [GOOD_CAPTIONS[0].upper(), "Fibrous stroma with collagen bundles."]
-    )
+    write_slide(lakehouse, "second", [GOOD_CAPTIONS[0].upper(), "Fibrous stroma with collagen bundles."])
     materialize_quality("second", instance, resources)
     rows = lakehouse.read("caption_quality", slide_id="second").sort("patch_id")
     copy = rows.row(0, named=True)
@@ -279,9 +275,7 @@ def test_duplicates_across_slides_are_quarantined(instance, resources, lakehouse
 
 def test_warning_checks_on_captions_and_descriptions(instance, resources, lakehouse):
     contradicting = REVISED.replace("loose fibrous stroma", "a dense lymphocytic infiltrate")
-    write_slide(
-        lakehouse, "warned", [GOOD_CAPTIONS[0], None], status="fallback", description=contradicting
-    )
+    write_slide(lakehouse, "warned", [GOOD_CAPTIONS[0], None], status="fallback", description=contradicting)
     instance.add_dynamic_partitions(SLIDES_PARTITION, ["warned"])
     result = dg.materialize(
         [
@@ -403,3 +397,36 @@ def test_a_slide_without_captions_passes_with_nothing_to_train_on(instance, reso
     gate = evaluations(result)[checks.CAPTION_FIDELITY_GATE]
     assert gate.passed and "no captions" in gate.description
     assert lakehouse.read("caption_quality", slide_id="no-tissue").is_empty()
+
+
+class ColourClip:
+    """Stands in for an open_clip model, which no package here carries (FACTS.md): images
+    embed as their unit mean colour, texts as a fixed unit vector per word count."""
+
+    def embed_images(self, tiles):
+        means = tiles.reshape(len(tiles), -1, 3).mean(axis=1)
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def encode(self, texts):
+        vectors = np.array([[1.0, len(t.split()) % 3, 1.0] for t in texts])
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_clip_scores_decode_the_patch_jpegs_and_score_each_pair():
+    from types import SimpleNamespace
+
+    from assets.caption_quality import clip_scores
+
+    def jpeg(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buffer, "JPEG", quality=95)
+        return buffer.getvalue()
+
+    encoders = SimpleNamespace(clip=ColourClip())
+    scores = clip_scores(
+        encoders, [jpeg((200, 40, 120)), jpeg((90, 90, 200)), None], ["Pink stroma.", None, "x"]
+    )
+    assert scores[1] is None and scores[2] is None
+    image = np.array([200, 40, 120]) / np.linalg.norm([200, 40, 120])
+    text = np.array([1.0, 2.0, 1.0]) / np.linalg.norm([1.0, 2.0, 1.0])
+    assert scores[0] == pytest.approx(100 * image @ text, abs=1.0)  # JPEG shifts colours a bit
