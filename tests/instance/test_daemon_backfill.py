@@ -6,15 +6,17 @@ is the project's and whose pool limits come from deploy/set_pools.sh. Nothing is
 1. The landing sensor, turned on through GraphQL with auto-run enabled in the code
    location's environment, registers the landed sample slides and requests their runs;
    the run queue never has more than `max_concurrent_runs` of them in progress.
-2. The whole pipeline is backfilled over every slide through the GraphQL API (the
-   mutation the UI sends). The `tile_readers` pool is first paused (limit 0, as an operator
-   would), so every run in progress provably waits at `tiles`; the shipped limits are then
-   restored, and polling the instance shows no pool ever holding more slots than its limit.
+2. The whole pipeline is backfilled over every slide through the GraphQL API with
+   scripts/ui/backfill.py (Dagster's Python client, the mutation the UI sends). The
+   `tile_readers` pool is first paused (limit 0, as an operator would), so every run in
+   progress provably waits at `tiles`; the shipped limits are then restored, and polling
+   the instance shows no pool ever holding more slots than its limit.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -136,9 +138,18 @@ def test_graphql_backfill_holds_every_pool_to_its_limit(server, site, max_concur
     site.run(dagster, "instance", "concurrency", "set", "tile_readers", "0")  # pause the pool
 
     started = time.perf_counter()
-    backfill_id = server.launch_backfill(
-        pipeline.materializable, SAMPLE_IDS, title="GraphQL backfill (tests/instance)"
+    # The command a user runs (scripts/ui/backfill.py: Dagster's GraphQL client, the UI's
+    # mutation), for every asset and every registered slide.
+    printed = site.run(
+        VENV_BIN / "python",
+        ROOT / "scripts" / "ui" / "backfill.py",
+        "--url",
+        server.url,
+        "--title",
+        "GraphQL backfill (tests/instance)",
     )
+    backfill_id = re.match(r"backfill (\w+): (\d+) assets x (\d+) slides", printed).group(1)
+    assert f"{len(pipeline.materializable)} assets x {len(SAMPLE_IDS)} slides" in printed
 
     def all_runs_waiting_at_tiles():
         with site.instance() as instance:

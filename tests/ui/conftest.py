@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.dagster_site import ROOT
+from tests.ui.dagster_site import ROOT, teardown_on_sigterm
 
 CHROMIUM = Path(os.environ.get("PATHGEN_CHROMIUM", "/usr/bin/chromium"))
 # FACTS.md: the flags that let Debian's Chromium run headless as root in a container.
@@ -27,7 +27,18 @@ VIEWPORT = {"width": 1600, "height": 1000}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    teardown_on_sigterm()
     config.addinivalue_line("markers", "ui: drives the Dagster UI in Debian's Chromium (make test-ui)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests take minutes: they run when asked for (`-m ui`), else skip saying so."""
+    if "ui" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="browser stage: run with `-m ui` (make test-ui)")
+    for item in items:
+        if item.get_closest_marker("ui"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

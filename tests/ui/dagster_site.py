@@ -8,6 +8,7 @@ from the repository it would point every test at the repository's own lakehouse.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +193,20 @@ def build_site(
     return site
 
 
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def teardown_on_sigterm() -> None:
+    """Make SIGTERM (a CI timeout, `timeout`, `kill`) unwind pytest like Ctrl-C does.
+
+    By default SIGTERM kills pytest on the spot: no fixture teardown runs and every
+    `dagster dev` it started lives on. As KeyboardInterrupt, fixtures stop their servers.
+    """
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
 def _own_session_with_default_sigint() -> None:
     """In the child before exec: a new process group, and SIGINT back to its default.
 
@@ -246,6 +261,7 @@ class DagsterDev:
             preexec_fn=_own_session_with_default_sigint,
         )
         log.close()
+        atexit.register(self.stop)  # also stops it if the test process exits early
         try:
             self._wait_until_loaded(timeout=240)
         except BaseException:
@@ -292,6 +308,7 @@ class DagsterDev:
         if self.process is None:
             return
         process, self.process = self.process, None
+        atexit.unregister(self.stop)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -364,12 +381,6 @@ class DagsterDev:
         }
         result = self.client()._execute(START_SENSOR_MUTATION, {"selector": selector})
         return result["startSensor"]
-
-
-@contextlib.contextmanager
-def dagster_dev(site: Site, **kwargs) -> Iterator[DagsterDev]:
-    with DagsterDev(site, **kwargs) as server:
-        yield server
 
 
 # --- What the instance recorded ----------------------------------------------------------

@@ -211,7 +211,8 @@ def test_partition_page_shows_metadata_and_check_results(
                 for status in ("SUCCEEDED", "FAILED")
             }
             assert shown == recorded, (check, shown, recorded)
-            page.get_by_text(slide_id, exact=True).last.click()  # its verdict and metadata
+            # Open the slide's verdict and metadata (the list entry, not a hidden copy).
+            page.get_by_text(slide_id, exact=True).filter(visible=True).last.click()
             page.wait_for_timeout(1_000)
             page.screenshot(path=artifacts / f"{number:02d}-check-{check}.png", full_page=True)
     finally:
