@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test test-vllm test-ui test-postgres lint ui bench bench-vllm clean register
+.PHONY: install demo test test-vllm test-ui test-instance lint ui bench bench-vllm clean register
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml | install
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
+	DAGSTER=$(abspath $(VENV))/bin/dagster deploy/set_pools.sh
 
 $(LANDING)/manifest.csv: | install
 	$(VENV)/bin/pathgen samples $(LANDING) --with-faulty
@@ -57,12 +58,12 @@ test-vllm: install $(VLLM_MODEL)/.ready
 # The browser stage: Debian's Chromium (installed here when missing) drives `dagster dev`:
 # asset graph, a backfill of every slide, checks; screenshots land in artifacts/ui/.
 test-ui: install
-	bash scripts/ui/run_ui_tests.sh
+	VENV=$(VENV) bash scripts/ui/run_ui_tests.sh
 
-# A slide through the pipeline with the Dagster instance stored in a throwaway PostgreSQL
-# (Debian's postgresql, installed here when missing, on 127.0.0.1).
-test-postgres: install
-	bash scripts/postgres/with_postgres.sh $(VENV)/bin/pytest -q -m postgres tests/instance/test_postgres.py
+# Instance stage: sensor, run queue and pools under a real daemon, the GraphQL backfill, and
+# the team instance on a throwaway PostgreSQL (Debian's postgresql, installed when missing).
+test-instance: install
+	bash scripts/postgres/with_postgres.sh $(VENV)/bin/pytest -q -m "daemon or postgres" tests/instance
 
 # Benchmarks: each prints ratios against a baseline measured in the same run.
 bench: demo
@@ -81,7 +82,7 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -m "not vllm and not ui"
+	$(VENV)/bin/pytest -q -m "not vllm and not ui and not daemon"
 
 clean:
 	rm -rf $(LAKEHOUSE) $(LANDING) dagster_home
