@@ -218,8 +218,9 @@ def test_deadline_bounds_retries_against_a_dead_port() -> None:
 
 @pytest.mark.slow
 def test_deadline_cuts_a_slow_generation(server: EmbeddedServer) -> None:
-    # Generating 400 tokens takes seconds; each attempt may wait 0.3 s, all of them 1 s.
-    with ChatClient(server.base_url, timeout_s=0.3, deadline_s=1.0, backoff_s=0.05) as chat:
+    # Even a short answer takes longer than 20 ms to prefill and generate (a quiet machine
+    # answered 28 tokens in 0.16 s); each attempt may wait 0.02 s, all of them 0.3 s.
+    with ChatClient(server.base_url, timeout_s=0.02, deadline_s=0.3, backoff_s=0.05) as chat:
         result = chat.complete(request("slow", max_tokens=400, temperature=1.0, seed=1))
     assert result.error is not None and "ReadTimeout" in result.error
     assert "deadline" in result.error
