@@ -12,8 +12,9 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from assets.tiles import slide_row
 from pathgen_dagster.lib.prompts_library import PromptLibrary, load_report_findings
-from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, SLIDES, TILES
+from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, TILES
 from pathgen_dagster.lib.selection import SelectionConfig, select
 from pathgen_dagster.lib.verbalize import facts_sentence
 from pathgen_dagster.lib.wsi import SlideReadError, open_slide, read_tiles
@@ -24,16 +25,6 @@ from pathgen_dagster.resources.lakehouse import Lakehouse
 
 _SELECTION = SelectionConfig()
 JPEG_QUALITY = 90
-
-
-def slide_row(lakehouse: Lakehouse, slide_id: str, stage: str) -> dict:
-    """The registry row of ``slide_id``, or a Failure naming the slide and the stage."""
-    rows = lakehouse.read(SLIDES.name, slide_id=slide_id)
-    if rows.is_empty():
-        raise dg.Failure(
-            f"slide {slide_id!r}, stage {stage}: no row in `slides`; materialize it first"
-        )
-    return rows.row(0, named=True)
 
 
 @dg.asset(
@@ -96,12 +87,8 @@ def patch_embeddings(
             "delta_version": version,
             "encoder": encoders.image_encoder_id,
             "seconds": round(elapsed, 2),
-            "embeddings_per_second": round(len(frame) / elapsed, 1)
-            if elapsed and len(frame)
-            else 0.0,
-            "preview": preview(
-                frame, ["tile_id", "cellularity", "nuclei_density_per_mm2", "facts_sentence"]
-            ),
+            "embeddings_per_second": round(len(frame) / elapsed, 1) if elapsed and len(frame) else 0.0,
+            "preview": preview(frame, ["tile_id", "cellularity", "nuclei_density_per_mm2", "facts_sentence"]),
         }
     )
 
@@ -158,9 +145,7 @@ def patches(
     slide_id = context.partition_key
     slide = slide_row(lakehouse, slide_id, PATCHES.name)
     embedded = lakehouse.read(PATCH_EMBEDDINGS.name, slide_id=slide_id).sort("tile_id")
-    tiles = lakehouse.read(TILES.name, slide_id=slide_id).select(
-        "tile_id", "level", "size_px", "mpp"
-    )
+    tiles = lakehouse.read(TILES.name, slide_id=slide_id).select("tile_id", "level", "size_px", "mpp")
     library = PromptLibrary.load()
     site = library.resolve(slide["tissue_site"])
     findings = load_report_findings(config.report_findings_path).get(slide_id, [])
@@ -169,9 +154,7 @@ def patches(
     image_embeddings = np.array(embedded["embedding"].to_list(), dtype=np.float32)
     if not len(embedded):  # a slide without tissue tiles: an empty selection, not an error
         image_embeddings = image_embeddings.reshape(0, 1)
-    retrieval = encoders.retrieval_embeddings(
-        image_embeddings, embedded["facts_sentence"].to_list()
-    )
+    retrieval = encoders.retrieval_embeddings(image_embeddings, embedded["facts_sentence"].to_list())
     prompt_embeddings = encoders.encode_texts(list(site.prompts))
     finding_embeddings = encoders.encode_texts(findings) if findings else None
     result = select(
@@ -187,9 +170,7 @@ def patches(
     try:
         with open_slide(slide["uri"]) as handle:
             for row in chosen.iter_rows(named=True):
-                tile = read_tiles(
-                    handle, [row["x"]], [row["y"]], row["size_px"], level=row["level"]
-                )[0]
+                tile = read_tiles(handle, [row["x"]], [row["y"]], row["size_px"], level=row["level"])[0]
                 images.append(jpeg_bytes(tile))
     except SlideReadError as error:
         raise dg.Failure(f"slide {slide_id!r}, stage patches: {error}") from None

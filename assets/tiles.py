@@ -41,6 +41,14 @@ def tile_id(slide_id: str, x: int, y: int, size_px: int) -> str:
     return f"{slide_id}_x{x}_y{y}_s{size_px}"
 
 
+def slide_row(lakehouse: Lakehouse, slide_id: str, stage: str) -> dict:
+    """The registry row of ``slide_id``, or a Failure naming the slide and the stage."""
+    rows = lakehouse.read(SLIDES.name, slide_id=slide_id)
+    if rows.is_empty():
+        raise dg.Failure(f"slide {slide_id!r}, stage {stage}: no row in `slides`; materialize it first")
+    return rows.row(0, named=True)
+
+
 @dg.asset(
     name=TILES.name,
     partitions_def=slide_partitions,
@@ -55,19 +63,13 @@ def tiles(
     context: dg.AssetExecutionContext, config: TilesConfig, lakehouse: Lakehouse
 ) -> dg.MaterializeResult:
     slide_id = context.partition_key
-    registry = lakehouse.read(SLIDES.name, slide_id=slide_id)
-    if registry.is_empty():
-        raise dg.Failure(
-            f"slide {slide_id!r}, stage tiles: no row in `slides`; materialize `slides` first"
-        )
-    slide_row = registry.row(0, named=True)
-    mpp = slide_row["mpp_x"]
+    slide = slide_row(lakehouse, slide_id, TILES.name)
+    mpp = slide["mpp_x"]
     started = time.perf_counter()
     try:
-        slide = open_slide(slide_row["uri"])
-        with slide:
-            grid, tissue = tile_grid(slide, config.tiling(), mpp)
-            blur, saturation = quality_measures(slide, grid, config.tiling())
+        with open_slide(slide["uri"]) as handle:
+            grid, tissue = tile_grid(handle, config.tiling(), mpp)
+            blur, saturation = quality_measures(handle, grid, config.tiling())
     except (SlideReadError, TileSizeError) as error:
         raise dg.Failure(f"slide {slide_id!r}, stage tiles: {error}") from None
     elapsed = time.perf_counter() - started
