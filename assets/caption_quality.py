@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from pathgen_dagster.lib.fidelity import (
+from pathgen_dagster.config import CaptionQualityConfig
+from pathgen_dagster.lib.quality.fidelity import (
     RULES,
-    FidelityConfig,
     ReferenceCaptions,
     SlideInputs,
     claim_signature,
@@ -26,40 +26,19 @@ from pathgen_dagster.lib.fidelity import (
     pass_rates,
     ruleset_version,
 )
-from pathgen_dagster.lib.morphology import MorphologyFacts
 from pathgen_dagster.lib.schemas import (
     CAPTION_QUALITY,
     CAPTIONS,
     PATCHES,
     REVISED_DESCRIPTIONS,
 )
+from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
-_DEFAULTS = FidelityConfig()
 _FRAME_SCHEMA = pl.from_arrow(CAPTION_QUALITY.schema.empty_table()).schema
-
-
-class CaptionQualityConfig(dg.Config):
-    """Thresholds of the caption-quality rules and gates; see ``FidelityConfig``."""
-
-    max_clip_tokens: int = _DEFAULTS.max_clip_tokens
-    min_caption_words: int = _DEFAULTS.min_caption_words
-    min_description_words: int = _DEFAULTS.min_description_words
-    max_description_words: int = _DEFAULTS.max_description_words
-    min_alignment: float = _DEFAULTS.min_alignment
-    min_clip_score: float = _DEFAULTS.min_clip_score
-    near_duplicate_similarity: float = _DEFAULTS.near_duplicate_similarity
-    max_deleted_fraction: float = _DEFAULTS.max_deleted_fraction
-    max_severe_failure_rate: float = _DEFAULTS.max_severe_failure_rate
-    min_share_fitting_clip: float = _DEFAULTS.min_share_fitting_clip
-    max_agent_failure_rate: float = _DEFAULTS.max_agent_failure_rate
-    max_contradiction_rate: float = _DEFAULTS.max_contradiction_rate
-
-    def fidelity(self) -> FidelityConfig:
-        return FidelityConfig(**self.model_dump())
 
 
 def kept_captions(lakehouse: Lakehouse, slide_id: str) -> ReferenceCaptions:

@@ -2,12 +2,13 @@
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 
-from pathgen_dagster.lib.agents import (
+from pathgen_dagster.lib.captions.agents import (
     AGENTS,
     AgentConfig,
     AgentOutput,
@@ -16,8 +17,7 @@ from pathgen_dagster.lib.agents import (
     failure_rate,
     run_agent,
 )
-from pathgen_dagster.lib.morphology import MorphologyFacts
-from pathgen_dagster.lib.prompts_library import GENERIC
+from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
 from pathgen_dagster.lib.schemas import (
     CAPTIONS,
     DESCRIPTIONS,
@@ -26,7 +26,8 @@ from pathgen_dagster.lib.schemas import (
     REVISED_DESCRIPTIONS,
     TableSpec,
 )
-from pathgen_dagster.lib.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
+from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.prompts_library import GENERIC
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
@@ -188,139 +189,122 @@ def _texts(lakehouse: Lakehouse, table: str, column: str, slide_id: str) -> dict
     return {row["patch_id"]: row[column] for row in rows.iter_rows(named=True) if row[column]}
 
 
-AGENT_ASSET = {
-    "partitions_def": slide_partitions,
-    "group_name": "captions",
-    "pool": "llm",
-    "kinds": {"llm", "delta"},
-}
+def agent_asset(
+    spec: TableSpec,
+    *,
+    agent_name: str,
+    upstream: TableSpec,
+    previous_column: str | None,
+    columns: Callable[[list[AgentOutput], list[PatchInput]], dict],
+    preview_columns: list[str],
+    frame_stats: Callable[[pl.DataFrame], dict] = lambda frame: {},
+) -> dg.AssetsDefinition:
+    """The Dagster asset of one caption agent: read its inputs, run it, write ``spec``'s rows.
 
+    Args:
+        spec: the table the agent writes.
+        agent_name: key of the agent in ``AGENTS``.
+        upstream: the table it reads (its dependency and recorded version).
+        previous_column: column of ``upstream`` holding the text the agent works on (the
+            draft for the revision, the revised text for the summary); ``None`` for the
+            first agent, which reads only the patches.
+        columns: the stage's own columns from the outputs and inputs, in any order.
+        preview_columns: columns shown in the UI preview.
+        frame_stats: extra UI metadata computed from the written frame.
+    """
 
-@dg.asset(
-    name=DESCRIPTIONS.name,
-    deps=[PATCHES.name],
-    description=DESCRIPTIONS.doc,
-    metadata={"dagster/column_schema": column_schema(DESCRIPTIONS)},
-    **AGENT_ASSET,
-)
-def descriptions(
-    context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
-) -> dg.MaterializeResult:
-    items = patch_inputs(lakehouse, context.partition_key)
-    outputs, parts = run_stage(
-        context,
-        agent_name="description",
-        items=items,
-        upstream=PATCHES.name,
-        config=config,
-        lakehouse=lakehouse,
-        llm=llm,
+    @dg.asset(
+        name=spec.name,
+        deps=[upstream.name],
+        description=spec.doc,
+        metadata={"dagster/column_schema": column_schema(spec)},
+        partitions_def=slide_partitions,
+        group_name="captions",
+        pool="llm",
+        kinds={"llm", "delta"},
     )
-    frame = pl.DataFrame(
-        {
-            "patch_id": [o.patch_id for o in outputs],
-            "description": pl.Series([o.text for o in outputs], dtype=pl.String),
-            "facts_json": [json.dumps(i.facts.to_dict()) for i in items],
-            **parts["common"],
-        }
-    ).select(DESCRIPTIONS.column_names)
-    return finish(
-        context,
-        DESCRIPTIONS,
-        frame,
-        outputs,
-        parts["stats"],
-        config,
-        lakehouse,
-        ["patch_id", "status", "description"],
-    )
+    def _agent(
+        context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
+    ) -> dg.MaterializeResult:
+        slide_id = context.partition_key
+        previous = (
+            None
+            if previous_column is None
+            else _texts(lakehouse, upstream.name, previous_column, slide_id)
+        )
+        items = patch_inputs(lakehouse, slide_id, previous=previous)
+        outputs, parts = run_stage(
+            context,
+            agent_name=agent_name,
+            items=items,
+            upstream=upstream.name,
+            config=config,
+            lakehouse=lakehouse,
+            llm=llm,
+        )
+        frame = pl.DataFrame(
+            {
+                "patch_id": [o.patch_id for o in outputs],
+                **columns(outputs, items),
+                **parts["common"],
+            }
+        ).select(spec.column_names)
+        stats = parts["stats"] | frame_stats(frame)
+        return finish(context, spec, frame, outputs, stats, config, lakehouse, preview_columns)
+
+    return _agent
 
 
-@dg.asset(
-    name=REVISED_DESCRIPTIONS.name,
-    deps=[DESCRIPTIONS.name],
-    description=REVISED_DESCRIPTIONS.doc,
-    metadata={"dagster/column_schema": column_schema(REVISED_DESCRIPTIONS)},
-    **AGENT_ASSET,
-)
-def revised_descriptions(
-    context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
-) -> dg.MaterializeResult:
-    drafts = _texts(lakehouse, DESCRIPTIONS.name, "description", context.partition_key)
-    items = patch_inputs(lakehouse, context.partition_key, previous=drafts)
-    outputs, parts = run_stage(
-        context,
-        agent_name="revision",
-        items=items,
-        upstream=DESCRIPTIONS.name,
-        config=config,
-        lakehouse=lakehouse,
-        llm=llm,
-    )
-    frame = pl.DataFrame(
-        {
-            "patch_id": [o.patch_id for o in outputs],
-            "draft": pl.Series([i.previous for i in items], dtype=pl.String),
-            "revised": pl.Series([o.text for o in outputs], dtype=pl.String),
-            "edits_json": [json.dumps(list(o.edits)) for o in outputs],
-            "n_edits": pl.Series([len(o.edits) for o in outputs], dtype=pl.Int32),
-            **parts["common"],
-        }
-    ).select(REVISED_DESCRIPTIONS.column_names)
-    return finish(
-        context,
-        REVISED_DESCRIPTIONS,
-        frame,
-        outputs,
-        parts["stats"],
-        config,
-        lakehouse,
-        ["patch_id", "n_edits", "revised"],
-    )
+def _description_columns(outputs: list[AgentOutput], items: list[PatchInput]) -> dict:
+    return {
+        "description": pl.Series([o.text for o in outputs], dtype=pl.String),
+        "facts_json": [json.dumps(i.facts.to_dict()) for i in items],
+    }
 
 
-@dg.asset(
-    name=CAPTIONS.name,
-    deps=[REVISED_DESCRIPTIONS.name],
-    description=CAPTIONS.doc,
-    metadata={"dagster/column_schema": column_schema(CAPTIONS)},
-    **AGENT_ASSET,
-)
-def captions(
-    context: dg.AssetExecutionContext, config: AgentsConfig, lakehouse: Lakehouse, llm: LLMServer
-) -> dg.MaterializeResult:
-    revised = _texts(lakehouse, REVISED_DESCRIPTIONS.name, "revised", context.partition_key)
-    items = patch_inputs(lakehouse, context.partition_key, previous=revised)
-    outputs, parts = run_stage(
-        context,
-        agent_name="summary",
-        items=items,
-        upstream=REVISED_DESCRIPTIONS.name,
-        config=config,
-        lakehouse=lakehouse,
-        llm=llm,
-    )
+def _revision_columns(outputs: list[AgentOutput], items: list[PatchInput]) -> dict:
+    return {
+        "draft": pl.Series([i.previous for i in items], dtype=pl.String),
+        "revised": pl.Series([o.text for o in outputs], dtype=pl.String),
+        "edits_json": [json.dumps(list(o.edits)) for o in outputs],
+        "n_edits": pl.Series([len(o.edits) for o in outputs], dtype=pl.Int32),
+    }
+
+
+def _caption_columns(outputs: list[AgentOutput], items: list[PatchInput]) -> dict:
     tokenizer = get_tokenizer()
     tokens = [tokenizer.count(o.text) if o.text else 0 for o in outputs]
-    frame = pl.DataFrame(
-        {
-            "patch_id": [o.patch_id for o in outputs],
-            "caption": pl.Series([o.text for o in outputs], dtype=pl.String),
-            "clip_tokens": pl.Series(tokens, dtype=pl.Int32),
-            "fits_clip": [0 < t <= CLIP_CONTEXT_LENGTH for t in tokens],
-            **parts["common"],
-        }
-    ).select(CAPTIONS.column_names)
-    parts["stats"]["share_fitting_clip"] = (
-        round(sum(frame["fits_clip"]) / len(frame), 3) if len(frame) else 1.0
-    )
-    return finish(
-        context,
-        CAPTIONS,
-        frame,
-        outputs,
-        parts["stats"],
-        config,
-        lakehouse,
-        ["patch_id", "clip_tokens", "caption"],
-    )
+    return {
+        "caption": pl.Series([o.text for o in outputs], dtype=pl.String),
+        "clip_tokens": pl.Series(tokens, dtype=pl.Int32),
+        "fits_clip": [0 < t <= CLIP_CONTEXT_LENGTH for t in tokens],
+    }
+
+
+descriptions = agent_asset(
+    DESCRIPTIONS,
+    agent_name="description",
+    upstream=PATCHES,
+    previous_column=None,
+    columns=_description_columns,
+    preview_columns=["patch_id", "status", "description"],
+)
+revised_descriptions = agent_asset(
+    REVISED_DESCRIPTIONS,
+    agent_name="revision",
+    upstream=DESCRIPTIONS,
+    previous_column="description",
+    columns=_revision_columns,
+    preview_columns=["patch_id", "n_edits", "revised"],
+)
+captions = agent_asset(
+    CAPTIONS,
+    agent_name="summary",
+    upstream=REVISED_DESCRIPTIONS,
+    previous_column="revised",
+    columns=_caption_columns,
+    preview_columns=["patch_id", "clip_tokens", "caption"],
+    frame_stats=lambda frame: {
+        "share_fitting_clip": round(sum(frame["fits_clip"]) / len(frame), 3) if len(frame) else 1.0
+    },
+)

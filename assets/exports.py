@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from pathgen_dagster.lib.exports import (
+from pathgen_dagster.lib.dataset.exports import (
     MANIFEST,
     SAMPLES_PER_SHARD,
     ExportError,
@@ -25,9 +25,9 @@ from pathgen_dagster.lib.exports import (
     write_pathgen_json,
     write_webdataset,
 )
+from pathgen_dagster.lib.dataset.sql_models import quote
 from pathgen_dagster.lib.schemas import PATCHES, TRAINING_PAIRS
 from pathgen_dagster.lib.sql import connect
-from pathgen_dagster.lib.sql_models import quote
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 GROUP = "exports"

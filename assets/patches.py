@@ -13,11 +13,11 @@ import polars as pl
 from PIL import Image
 
 from assets.tiles import slide_row
-from pathgen_dagster.lib.prompts_library import PromptLibrary, load_report_findings
+from pathgen_dagster.lib.captions.verbalize import facts_sentence
+from pathgen_dagster.lib.ingest.wsi import SlideReadError, open_slide, read_tiles
 from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, TILES
-from pathgen_dagster.lib.selection import SelectionConfig, select
-from pathgen_dagster.lib.verbalize import facts_sentence
-from pathgen_dagster.lib.wsi import SlideReadError, open_slide, read_tiles
+from pathgen_dagster.lib.selection.prompts_library import PromptLibrary, load_report_findings
+from pathgen_dagster.lib.selection.selection import SelectionConfig, select
 from pathgen_dagster.metadata import column_schema, config_hash, picture, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.encoders import Encoders

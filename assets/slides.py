@@ -5,14 +5,14 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from pathgen_dagster.lib.ingest.registry import record_slide_error
+from pathgen_dagster.lib.ingest.sources import sha256_file
+from pathgen_dagster.lib.ingest.wsi import SlideReadError, inspect
 from pathgen_dagster.lib.schemas import SLIDES
-from pathgen_dagster.lib.sources import sha256_file
-from pathgen_dagster.lib.wsi import SlideReadError, inspect
 from pathgen_dagster.metadata import column_schema
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
-from pathgen_dagster.sensors import record_slide_error
 
 
 @dg.asset(

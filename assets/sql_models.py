@@ -15,8 +15,8 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
+from pathgen_dagster.lib.dataset.sql_models import SqlModel, discover, quote, render
 from pathgen_dagster.lib.sql import connect
-from pathgen_dagster.lib.sql_models import SqlModel, discover, quote, render
 from pathgen_dagster.metadata import column_schema, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse

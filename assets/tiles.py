@@ -6,15 +6,15 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from pathgen_dagster.lib.schemas import SLIDES, TILES
-from pathgen_dagster.lib.tiling import (
+from pathgen_dagster.lib.ingest.tiling import (
     TileSizeError,
     TilingConfig,
     overlay,
     quality_measures,
     tile_grid,
 )
-from pathgen_dagster.lib.wsi import SlideReadError, open_slide
+from pathgen_dagster.lib.ingest.wsi import SlideReadError, open_slide
+from pathgen_dagster.lib.schemas import SLIDES, TILES
 from pathgen_dagster.metadata import column_schema, config_hash, picture, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse

@@ -18,7 +18,7 @@ def _lakehouse(args: argparse.Namespace):
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    from pathgen_dagster.lib.samples import build_landing_zone, write_faulty_files
+    from pathgen_dagster.lib.ingest.samples import build_landing_zone, write_faulty_files
 
     started = time.perf_counter()
     paths = build_landing_zone(Path(args.directory))

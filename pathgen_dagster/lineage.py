@@ -16,9 +16,9 @@ from typing import Any
 
 import duckdb
 
+from pathgen_dagster.lib.dataset.sql_models import quote
 from pathgen_dagster.lib.schemas import TABLES
 from pathgen_dagster.lib.sql import connect
-from pathgen_dagster.lib.sql_models import quote
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 # patch ids are tile ids, "<slide_id>_x<x>_y<y>_s<size>": the slide id prunes the lookup.

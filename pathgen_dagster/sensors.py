@@ -4,15 +4,18 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
-from pathgen_dagster.lib.registry import LandingFile, RejectedFile, landing_files
-from pathgen_dagster.lib.schemas import SLIDE_ERRORS, SLIDES
-from pathgen_dagster.lib.wsi import SlideReadError, inspect
+from pathgen_dagster.lib.ingest.registry import (
+    LandingFile,
+    RejectedFile,
+    landing_files,
+    record_rejections,
+)
+from pathgen_dagster.lib.ingest.wsi import SlideReadError, inspect
+from pathgen_dagster.lib.schemas import SLIDES
 from pathgen_dagster.partitions import SLIDES_PARTITION, slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
@@ -54,29 +57,6 @@ def discover(landing: Path, known: set[str], *, batch_size: int = DEFAULT_BATCH_
         else:
             new.append(landing_file)
     return Discovery(new, rejected, remaining=max(0, len(candidates) - batch_size))
-
-
-def record_slide_error(
-    lakehouse: Lakehouse, slide_id: str, path: Path, *, stage: str, reason: str
-) -> int:
-    """Write (or replace) the slide's row in ``slide_errors``; returns the table version."""
-    row = {
-        "slide_id": slide_id,
-        "uri": str(path.resolve()),
-        "file_size": path.stat().st_size if path.exists() else 0,
-        "stage": stage,
-        "reason": reason,
-        "detected_at": datetime.now(UTC),
-    }
-    return lakehouse.write_slide(SLIDE_ERRORS.name, slide_id, pl.DataFrame([row]))
-
-
-def record_rejections(lakehouse: Lakehouse, rejected: list[RejectedFile]) -> None:
-    """Write each rejected file to ``slide_errors`` (stage ``registry``)."""
-    for item in rejected:
-        record_slide_error(
-            lakehouse, item.slide_id, item.path, stage="registry", reason=item.reason
-        )
 
 
 def known_ids(instance: dg.DagsterInstance, lakehouse: Lakehouse) -> set[str]:

@@ -12,16 +12,16 @@ import json
 import dagster as dg
 import polars as pl
 
-from assets.caption_quality import CaptionQualityConfig
-from pathgen_dagster.lib.fidelity import (
+from pathgen_dagster.config import CaptionQualityConfig
+from pathgen_dagster.lib.quality.fidelity import (
     RULES,
     gate_slide,
     grounding_contradictions,
     pass_rates,
     ruleset_version,
 )
-from pathgen_dagster.lib.morphology import MorphologyFacts
 from pathgen_dagster.lib.schemas import CAPTION_QUALITY, CAPTIONS, DESCRIPTIONS
+from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.metadata import preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from pathgen_dagster.lib.fidelity import FidelityConfig
+from pathgen_dagster.lib.quality.fidelity import FidelityConfig
 
 if TYPE_CHECKING:
     import great_expectations as gx

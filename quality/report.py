@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pathgen_dagster.lib.fidelity import DEFAULT_CONFIG, RULES, gate_slide
+from pathgen_dagster.lib.quality.fidelity import DEFAULT_CONFIG, RULES, gate_slide
 from pathgen_dagster.lib.schemas import CAPTION_QUALITY
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from quality.expectations import data_docs_dir

@@ -22,13 +22,13 @@ import numpy as np
 import openslide
 import torch
 
-from pathgen_dagster.lib.morphology import (
+from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, fetch
+from pathgen_dagster.lib.selection.morphology import (
     BANDS,
     TISSUE_MIN_FRACTION,
     MorphologyEncoder,
     embed_loop,
 )
-from pathgen_dagster.lib.sources import CMU_SMALL_REGION, fetch
 
 TILE_PX = 672
 

@@ -31,8 +31,8 @@ import polars as pl
 import pyarrow as pa
 
 from assets.caption_quality import caption_quality
-from pathgen_dagster.lib import verbalize
-from pathgen_dagster.lib.fidelity import (
+from pathgen_dagster.lib.captions import verbalize
+from pathgen_dagster.lib.quality.fidelity import (
     DEFAULT_CONFIG,
     SlideInputs,
     judge,
@@ -40,9 +40,9 @@ from pathgen_dagster.lib.fidelity import (
     pass_rates,
     ruleset_version,
 )
-from pathgen_dagster.lib.morphology import BANDS, MorphologyFacts
 from pathgen_dagster.lib.schemas import TABLES
-from pathgen_dagster.lib.text_encoder import SentenceEncoder
+from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.text_encoder import SentenceEncoder
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse

@@ -19,8 +19,8 @@ import numpy as np
 import openslide
 from skimage import color
 
-from pathgen_dagster.lib.tiling import TilingConfig, quality_measures, tile_grid, tile_side_px
-from pathgen_dagster.lib.wsi import read_rgb
+from pathgen_dagster.lib.ingest.tiling import TilingConfig, quality_measures, tile_grid, tile_side_px
+from pathgen_dagster.lib.ingest.wsi import read_rgb
 
 
 def stage_way(path: str) -> tuple[int, int]:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generate_training_data import generate  # noqa: E402
 
 from assets.sql_models import build_model, write_model  # noqa: E402
-from pathgen_dagster.lib.sql_models import discover, quote  # noqa: E402
+from pathgen_dagster.lib.dataset.sql_models import discover, quote  # noqa: E402
 from pathgen_dagster.lineage import trace  # noqa: E402
 from pathgen_dagster.resources.lakehouse import Lakehouse  # noqa: E402
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pathgen_dagster.lib.samples import build_landing_zone
+from pathgen_dagster.lib.ingest.samples import build_landing_zone
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
 

@@ -9,9 +9,9 @@ import dagster as dg
 import numpy as np
 import torch
 
-from pathgen_dagster.lib.clip_encoder import OpenClipEncoder, resolve_device
-from pathgen_dagster.lib.morphology import MorphologyEncoder, MorphologyFacts
-from pathgen_dagster.lib.text_encoder import SentenceEncoder
+from pathgen_dagster.lib.selection.clip_encoder import OpenClipEncoder, resolve_device
+from pathgen_dagster.lib.selection.morphology import MorphologyEncoder, MorphologyFacts
+from pathgen_dagster.lib.selection.text_encoder import SentenceEncoder
 
 
 class Encoders(dg.ConfigurableResource):

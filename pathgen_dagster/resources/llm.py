@@ -26,8 +26,8 @@ from typing import Literal
 
 import dagster as dg
 
-from pathgen_dagster.lib.embedded_server import EmbeddedServer
-from pathgen_dagster.lib.llm import ChatClient, wait_until_ready
+from pathgen_dagster.lib.captions.embedded_server import EmbeddedServer
+from pathgen_dagster.lib.captions.llm import ChatClient, wait_until_ready
 
 Backend = Literal["grounded", "embedded", "vllm"]
 

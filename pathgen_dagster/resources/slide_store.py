@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pathgen_dagster.lib.registry import LandingFile, landing_files
+from pathgen_dagster.lib.ingest.registry import LandingFile, landing_files
 
 
 class SlideStore(dg.ConfigurableResource):

@@ -10,12 +10,12 @@ from assets.captions import captions, descriptions, revised_descriptions
 from assets.patches import patch_embeddings, patches
 from assets.slides import slides
 from assets.tiles import tiles
-from pathgen_dagster.lib import verbalize
-from pathgen_dagster.lib.agents import AGENTS, AgentConfig, PatchInput, ResponseCache, run_agent
-from pathgen_dagster.lib.embedded_server import EmbeddedServer
-from pathgen_dagster.lib.llm import ChatClient
-from pathgen_dagster.lib.morphology import MorphologyFacts
-from pathgen_dagster.lib.tokenizer import get_tokenizer
+from pathgen_dagster.lib.captions import verbalize
+from pathgen_dagster.lib.captions.agents import AGENTS, AgentConfig, PatchInput, ResponseCache, run_agent
+from pathgen_dagster.lib.captions.embedded_server import EmbeddedServer
+from pathgen_dagster.lib.captions.llm import ChatClient
+from pathgen_dagster.lib.captions.tokenizer import get_tokenizer
+from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.llm import LLMServer, Session
 from pathgen_dagster.sensors import register_landing

@@ -7,7 +7,7 @@ import pytest
 
 from assets.slides import slides
 from assets.tiles import tiles
-from pathgen_dagster.lib.samples import write_faulty_files
+from pathgen_dagster.lib.ingest.samples import write_faulty_files
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.sensors import landing_sensor, register_landing
 from tests.conftest import write_blank_slide

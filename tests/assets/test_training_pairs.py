@@ -26,10 +26,10 @@ from assets.exports import image_folder_csv_export, pathgen_json_export, webdata
 from assets.slides import slides
 from assets.sql_models import build_model, sql_model_assets
 from assets.tiles import tiles
-from pathgen_dagster.lib.exports import read_manifest, verify
+from pathgen_dagster.lib.dataset.exports import read_manifest, verify
+from pathgen_dagster.lib.dataset.sql_models import discover
+from pathgen_dagster.lib.ingest.wsi import open_slide, read_rgb
 from pathgen_dagster.lib.schemas import TABLES, TableSpec
-from pathgen_dagster.lib.sql_models import discover
-from pathgen_dagster.lib.wsi import open_slide, read_rgb
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
 from pathgen_dagster.sensors import register_landing

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from assets.caption_quality import caption_quality
-from pathgen_dagster.lib.fidelity import RULE_NAMES
+from pathgen_dagster.lib.quality.fidelity import RULE_NAMES
 from pathgen_dagster.lib.schemas import TABLES
 from pathgen_dagster.partitions import SLIDES_PARTITION, slide_partitions
 from pathgen_dagster.resources.encoders import Encoders
@@ -26,7 +26,7 @@ from pathgen_dagster.resources.lakehouse import Lakehouse
 from quality import checks
 from quality.expectations import data_docs_dir
 from quality.report import quality_report
-from tests.lib.test_fidelity import DRAFT, EDITS, LOW, REVISED
+from tests.lib.quality.test_fidelity import DRAFT, EDITS, LOW, REVISED
 
 GOOD_CAPTIONS = [
     "Loose fibrous stroma with scattered small lymphocytes and small uniform nuclei.",

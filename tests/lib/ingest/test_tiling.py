@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+
+from pathgen_dagster.lib.ingest.tiling import (
+    TileSizeError,
+    TilingConfig,
+    grid_tissue_fractions,
+    tile_grid,
+    tile_side_px,
+    tissue_mask,
+)
+from pathgen_dagster.lib.ingest.wsi import read_rgb
+from tests.conftest import write_blank_slide
+
+
+def test_real_cmu_slide_tiles_sit_on_tissue(cmu_slide: Path):
+    with openslide.OpenSlide(str(cmu_slide)) as slide:
+        grid, tissue = tile_grid(slide, TilingConfig(), mpp=0.499)
+        assert 0.2 < tissue.mask.mean() < 0.95
+        assert len(grid) >= 2
+        assert (grid.xs % 672 == 0).all() and (grid.ys % 672 == 0).all()
+        assert (grid.tissue_fraction > 0.5).all()
+        for x, y, fraction in zip(grid.xs, grid.ys, grid.tissue_fraction, strict=True):
+            # The mask's estimate agrees with the level-0 pixels of the tile.
+            pixels = read_rgb(slide, int(x), int(y), 0, (672, 672)).astype(float)
+            saturation = (pixels.max(-1) - pixels.min(-1)) / np.maximum(pixels.max(-1), 1)
+            assert abs((saturation > tissue.saturation_threshold).mean() - fraction) < 0.3
+
+
+def test_tile_grid_is_deterministic(cmu_slide: Path):
+    with openslide.OpenSlide(str(cmu_slide)) as slide:
+        first, _ = tile_grid(slide, TilingConfig(), mpp=0.499)
+        second, _ = tile_grid(slide, TilingConfig(), mpp=0.499)
+    assert first.xs.tolist() == second.xs.tolist() and first.ys.tolist() == second.ys.tolist()
+    assert np.array_equal(first.tissue_fraction, second.tissue_fraction)
+
+
+def test_physical_tile_size_uses_microns_per_pixel():
+    assert tile_side_px(TilingConfig(tile_size_um=168), mpp=0.25) == 672
+    assert tile_side_px(TilingConfig(tile_size_um=168), mpp=0.5) == 336
+    assert tile_side_px(TilingConfig(), mpp=None) == 672
+    with pytest.raises(TileSizeError, match="microns per pixel"):
+        tile_side_px(TilingConfig(tile_size_um=168), mpp=None)
+
+
+def test_synthetic_pyramid_reads_at_every_level(sample_landing: Path):
+    with openslide.OpenSlide(str(sample_landing / "synthetic-aperio-40x.svs")) as slide:
+        assert slide.dimensions[0] >= 20_000 and slide.level_count == 4
+        assert slide.properties["openslide.mpp-x"] == "0.25"
+        grid_px, _ = tile_grid(slide, TilingConfig(), mpp=0.25)
+        grid_um, _ = tile_grid(slide, TilingConfig(tile_size_um=336), mpp=0.25)
+    assert grid_um.size_px == 1344
+    # A tile twice as wide covers the same tissue with about a quarter as many tiles.
+    assert len(grid_um) < len(grid_px) / 2
+
+
+def test_glass_only_slide_has_no_tiles(tmp_path: Path):
+    path = write_blank_slide(tmp_path / "blank.svs")
+    with openslide.OpenSlide(str(path)) as slide:
+        grid, tissue = tile_grid(slide, TilingConfig(), mpp=0.5)
+    assert len(grid) == 0 and not tissue.mask.any()
+
+
+def test_grid_fraction_of_a_half_covered_tile():
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:, :32] = True  # left half of the slide is tissue
+    xs, ys, fractions = grid_tissue_fractions(
+        mask, downsample=32, width=2048, height=2048, size_px=1024
+    )
+    assert fractions.reshape(2, 2)[:, 0].tolist() == [1.0, 1.0]
+    assert fractions.reshape(2, 2)[:, 1].tolist() == [0.0, 0.0]
+    assert xs.tolist() == [0, 1024, 0, 1024]
+
+
+def test_mask_ignores_glass_and_pen_black():
+    thumbnail = np.full((100, 100, 3), 245, dtype=np.uint8)
+    thumbnail[20:60, 20:60] = (190, 90, 160)  # pink-purple tissue
+    thumbnail[80:95, 80:95] = (5, 5, 5)  # black pen mark
+    mask = tissue_mask(thumbnail, 32.0, TilingConfig()).mask
+    assert mask[30:50, 30:50].all()
+    assert not mask[85, 85] and not mask[5, 5]
