@@ -18,15 +18,19 @@ from pathgen_dagster.lib.dataset.exports import (
     SAMPLES_PER_SHARD,
     ExportError,
     ExportSummary,
+    count_exportable,
+    iter_instructions,
     iter_pairs,
     replacing,
     write_image_folder_csv,
+    write_llava_json,
     write_manifest,
     write_pathgen_json,
     write_webdataset,
 )
 from pathgen_dagster.lib.dataset.sql_models import quote
-from pathgen_dagster.lib.schemas import PATCHES, TRAINING_PAIRS
+from pathgen_dagster.lib.instructions.generate import InstructionConfig
+from pathgen_dagster.lib.schemas import INSTRUCTIONS, PATCHES, TRAINING_PAIRS
 from pathgen_dagster.lib.sql import connect
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
@@ -197,3 +201,87 @@ def _guarded(export: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return export()
     except ExportError as error:
         raise dg.Failure(f"stage exports: {error}. The previous export is untouched.") from None
+
+
+# -- PathGen-Instruct (LLaVA format) -------------------------------------------------------
+
+
+class LlavaInstructConfig(dg.Config):
+    """Slides with a larger share of quarantined instructions are blocked (left out)."""
+
+    max_quarantine_share: float = InstructionConfig().max_quarantine_share
+
+
+def run_instruction_export(
+    lakehouse: Lakehouse, *, run_id: str, max_quarantine_share: float
+) -> dict[str, Any]:
+    """Write the LLaVA export from ``instructions`` (+ pairs and patch images); its manifest.
+
+    Raises:
+        ExportError: a source table is missing, an image is missing or changed, or the
+            export's record count differs from the exportable rows of the table.
+    """
+    name = "llava_instruct"
+    tables = [INSTRUCTIONS.name, TRAINING_PAIRS.name, PATCHES.name]
+    versions: dict[str, int] = {}
+    for table in tables:
+        version = lakehouse.version(table)
+        if version is None:
+            raise ExportError(f"export {name}: table {table!r} has never been written")
+        versions[table] = version
+    relation = {
+        table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
+        for table, version in versions.items()
+    }
+    directory = export_directory(lakehouse, name)
+    with connect({}) as connection, replacing(directory) as staging:
+        expected = count_exportable(
+            connection,
+            relation[INSTRUCTIONS.name],
+            relation[TRAINING_PAIRS.name],
+            max_quarantine_share=max_quarantine_share,
+        )
+        rows = iter_instructions(
+            connection,
+            relation[INSTRUCTIONS.name],
+            relation[TRAINING_PAIRS.name],
+            relation[PATCHES.name],
+            max_quarantine_share=max_quarantine_share,
+        )
+        summary = write_llava_json(rows, staging)
+        if summary.pairs != expected:
+            raise ExportError(
+                f"export {name}: wrote {summary.pairs} records for {expected} exportable "
+                f"instructions of instructions v{versions[INSTRUCTIONS.name]}"
+            )
+        manifest = write_manifest(
+            staging,
+            summary,
+            source_versions=versions,
+            run_id=run_id,
+            config={"max_quarantine_share": max_quarantine_share},
+        )
+    return manifest
+
+
+@dg.asset(
+    name="llava_instruct_export",
+    deps=[INSTRUCTIONS.name, TRAINING_PAIRS.name, PATCHES.name],
+    group_name=GROUP,
+    kinds={"json", "jpeg"},
+    description=(
+        "PathGen-Instruct in LLaVA's training format: pathgen_instruct.json (id, image, "
+        "conversations, type OPEN|CLOSE, wsi_id, file_id, position) and images/ beside it; "
+        "quarantined rows and blocked slides left out."
+    ),
+)
+def llava_instruct_export(
+    context: dg.AssetExecutionContext, config: LlavaInstructConfig, lakehouse: Lakehouse
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    manifest = _guarded(
+        lambda: run_instruction_export(
+            lakehouse, run_id=context.run_id, max_quarantine_share=config.max_quarantine_share
+        )
+    )
+    return _result(lakehouse, "llava_instruct", manifest, time.perf_counter() - started)

@@ -118,7 +118,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from pathgen_dagster.lineage import PairNotFound, format_lineage, trace
+    from pathgen_dagster.lineage import (
+        PairNotFound,
+        format_instruction_lineage,
+        format_lineage,
+        is_instruction_id,
+        trace,
+        trace_instruction,
+    )
 
     lakehouse = _lakehouse(args)
     pair_id = args.pair_id
@@ -131,7 +138,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             ][0]
             if pair_id is None:
                 raise PairNotFound("training_pairs is empty")
-        print(format_lineage(trace(lakehouse, pair_id)))
+        if is_instruction_id(pair_id):
+            print(format_instruction_lineage(trace_instruction(lakehouse, pair_id)))
+        else:
+            print(format_lineage(trace(lakehouse, pair_id)))
     except PairNotFound as error:
         print(f"lineage: {error}", file=sys.stderr)
         return 1
@@ -182,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     lineage = commands.add_parser(
         "lineage", help="where a pair came from: slide file -> tile -> patch -> ... -> checks"
     )
-    lineage.add_argument("pair_id", nargs="?", help="pair id; omit to trace the first pair")
+    lineage.add_argument(
+        "pair_id", nargs="?", help="pair or instruction id; omit to trace the first pair"
+    )
     lineage.set_defaults(func=cmd_lineage)
     return parser
 

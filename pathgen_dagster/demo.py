@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import dagster as dg
@@ -43,11 +44,34 @@ SELECT slide_id, count(*) AS pairs, round(avg(clip_tokens), 1) AS mean_clip_toke
 FROM training_pairs GROUP BY slide_id ORDER BY slide_id
 """
 
+INSTRUCTIONS_SUMMARY = """
+SELECT slide_id, kind, count(*) AS rows, count(*) FILTER (status = 'ok') AS ok,
+       count(*) FILTER (status = 'quarantined') AS quarantined
+FROM instructions GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
 
 def show(title: str, frame: pl.DataFrame) -> None:
     print(f"\n== {title}")
     with pl.Config(tbl_rows=40, tbl_cols=-1, fmt_str_lengths=100, tbl_width_chars=180):
         print(frame)
+
+
+def show_instructions(lakehouse: Lakehouse) -> None:
+    """Counts of the instruction data and one exported example of each kind."""
+    if lakehouse.version("instructions") is None:
+        print("\n== instructions: not built")
+        return
+    show("instructions (PathGen-Instruct) per slide and kind", lakehouse.sql(INSTRUCTIONS_SUMMARY))
+    for kind in ("conversation", "multiple_choice"):
+        example = lakehouse.sql(
+            "SELECT instruction_id, turns_json FROM instructions "
+            f"WHERE kind = '{kind}' AND status = 'ok' ORDER BY instruction_id LIMIT 1"
+        )
+        if len(example):
+            print(f"\n== one {kind} ({example['instruction_id'][0]})")
+            for turn in json.loads(example["turns_json"][0]):
+                print(f"  {turn['from']:>5}: " + turn["value"].replace("\n", "\n         "))
 
 
 def run_demo(lakehouse: Lakehouse) -> int:
@@ -67,6 +91,7 @@ def run_demo(lakehouse: Lakehouse) -> int:
     print()
     print(quality_report(lakehouse))
     show("training_pairs (passed every gate)", lakehouse.sql(TRAINING_PAIRS_SUMMARY))
+    show_instructions(lakehouse)
     for event in whole.get_asset_materialization_events():
         metadata = event.step_materialization_data.materialization.metadata
         if "directory" in metadata:

@@ -262,3 +262,64 @@ def _text(value: Any) -> str:
 def _short(text: str, limit: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- instructions (PathGen-Instruct) -------------------------------------------------------
+
+INSTRUCTION_ID = re.compile(r"^(?P<pair_id>.+)_(?:conv|mc)\d+$")
+INSTRUCTION_FIELDS = (
+    "instruction_id kind status failed_rules failure_reasons answer_letter grounding "
+    "question_template_ids backend model_id template_id template_hash sampling_json "
+    "generation_status generation_failure ruleset_version training_pairs_version "
+    f"{RUN_FIELDS}"
+).split()
+
+
+@dataclass(frozen=True)
+class InstructionLineage:
+    """An instruction's row, then the lineage of the pair it was built from."""
+
+    instruction_id: str
+    row: dict[str, Any]
+    instructions_version: int
+    pair: Lineage
+
+
+def is_instruction_id(value: str) -> bool:
+    """Whether ``value`` has the shape of an instruction id (``<pair_id>_conv0``, ``_mc1``)."""
+    return INSTRUCTION_ID.match(value) is not None
+
+
+def trace_instruction(lakehouse: Lakehouse, instruction_id: str) -> InstructionLineage:
+    """The instruction row of ``instruction_id`` and its pair's lineage to the slide file."""
+    version = lakehouse.version("instructions")
+    if version is None:
+        raise PairNotFound("instructions has never been built; materialize it first")
+    match = INSTRUCTION_ID.match(instruction_id)
+    if match is None:
+        raise PairNotFound(f"{instruction_id!r} is not an instruction id (<pair_id>_conv<n>)")
+    hint = PAIR_ID.match(match["pair_id"])
+    with connect({}) as connection:
+        row = _read_row(
+            connection,
+            lakehouse.uri("instructions"),
+            version,
+            hint["slide_id"] if hint else "",
+            "instruction_id",
+            instruction_id,
+            table="instructions",
+        )
+    if row is None:
+        raise PairNotFound(f"no instruction {instruction_id!r} in instructions v{version}")
+    return InstructionLineage(instruction_id, row, version, trace(lakehouse, row["pair_id"]))
+
+
+def format_instruction_lineage(lineage: InstructionLineage, *, width: int = 100) -> str:
+    """The instruction's fields, then the pair's chain as :func:`format_lineage` prints it."""
+    lines = [f"instruction {lineage.instruction_id}  (instructions v{lineage.instructions_version})"]
+    lines += [
+        f"     {name:<24} {_short(_text(lineage.row[name]), width)}"
+        for name in INSTRUCTION_FIELDS
+        if name in lineage.row
+    ]
+    return "\n".join([*lines, "", format_lineage(lineage.pair, width=width)])

@@ -432,6 +432,51 @@ QUARANTINE_REPORT = TableSpec(
     partition_by=(),
 )
 
+# -- Instructions (PathGen-Instruct) -------------------------------------------------------
+
+INSTRUCTIONS = TableSpec(
+    "instructions",
+    "PathGen-Instruct: conversations and multiple-choice questions per training pair, "
+    "judged (failures quarantined, kept with reasons).",
+    (
+        Column("instruction_id", pa.string(), "<pair_id>_conv<n> or <pair_id>_mc<n>"),
+        SLIDE_ID,
+        Column("pair_id", pa.string(), "training pair the instruction is about"),
+        Column("patch_id", pa.string(), "patch (image) of the pair"),
+        Column("image_sha256", pa.string(), "sha256 of the patch JPEG (training_pairs.image_sha256)"),
+        Column("kind", pa.string(), "conversation | multiple_choice"),
+        Column("turns_json", pa.string(), "LLaVA conversations: [{from: human|gpt, value}] as JSON"),
+        Column("n_turns", pa.int32(), "question-answer turns"),
+        Column("question", pa.string(), "multiple-choice stem", True),
+        Column("options", pa.list_(pa.string()), "multiple-choice options in letter order"),
+        Column("answer_letter", pa.string(), "letter of the option consistent with the facts", True),
+        Column("answer_text", pa.string(), "text of that option", True),
+        Column(
+            "grounding",
+            pa.list_(pa.string()),
+            "what grounds the answer: the measured fact and each distractor's contradiction "
+            "(multiple choice), the source of each answer (conversation)",
+        ),
+        Column("question_template_ids", pa.list_(pa.string()), "question wording ids, per question"),
+        Column("backend", pa.string(), "grounded, embedded or vllm"),
+        Column("model_id", pa.string(), "model (or grounded generator) that wrote the answers"),
+        Column("template_id", pa.string(), "prompt template id (model) or question template id"),
+        Column("template_hash", pa.string(), "prompt template hash, or hash of the question catalogue"),
+        Column("sampling_json", pa.string(), "sampling parameters as JSON"),
+        Column("attempts", pa.int32(), "model requests made for the row"),
+        Column("cache_hit", pa.bool_(), "an answer came from the response cache"),
+        Column("generation_status", pa.string(), "ok, fallback (grounded answers) or failed"),
+        Column("generation_failure", pa.string(), "why model answers were rejected", True),
+        Column("status", pa.string(), "ok | quarantined (failed a rule; not exported)"),
+        Column("failed_rules", pa.list_(pa.string()), "rules the row failed"),
+        Column("failure_reasons", pa.list_(pa.string()), "'rule: why' per failed rule"),
+        Column("ruleset_version", pa.string(), "instruction rule-set version"),
+        Column("training_pairs_version", pa.int64(), "Delta version of training_pairs read", True),
+        Column("patches_version", pa.int64(), "Delta version of patches read", True),
+        *PROVENANCE,
+    ),
+)
+
 # Later stages add their TableSpec constants above this line, one section per stage.
 # -- end of table specs --
 

@@ -393,3 +393,131 @@ def verify(directory: Path) -> list[str]:
         elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: changed since export")
     return problems
+
+
+# -- PathGen-Instruct in LLaVA's training format ---------------------------------------------
+
+LLAVA_JSON = "pathgen_instruct.json"
+LLAVA_TYPES = {"conversation": "OPEN", "multiple_choice": "CLOSE"}
+INSTRUCTION_COLUMNS = (
+    "instruction_id",
+    "slide_id",
+    "pair_id",
+    "patch_id",
+    "kind",
+    "turns_json",
+    "image_sha256",
+)
+
+
+def iter_instructions(
+    connection: duckdb.DuckDBPyConnection,
+    instructions: str,
+    training_pairs: str,
+    patches: str,
+    *,
+    max_quarantine_share: float,
+    batch_rows: int = 2048,
+) -> Iterator[dict[str, Any]]:
+    """Exportable instructions in id order, each with its pair's position and image bytes.
+
+    Exportable: ``status = 'ok'``, the pair still in ``training_pairs``, and the slide not
+    blocked (at most ``max_quarantine_share`` of its rows quarantined, the gate's rule).
+    Images are joined one slide at a time, as :func:`iter_pairs` does.
+    """
+    columns = ", ".join(f"i.{name}" for name in INSTRUCTION_COLUMNS)
+    slide_ids = exportable_slides(connection, instructions, max_quarantine_share=max_quarantine_share)
+    for slide_id in slide_ids:
+        literal = "'" + slide_id.replace("'", "''") + "'"
+        query = (
+            f"SELECT {columns}, t.x, t.y, t.slide_file_name, t.slide_sha256, p.image_jpeg "
+            f"FROM {instructions} AS i "
+            f"JOIN (SELECT * FROM {training_pairs} WHERE slide_id = {literal}) AS t "
+            f"USING (slide_id, pair_id) "
+            f"LEFT JOIN (SELECT slide_id, patch_id, image_jpeg FROM {patches} "
+            f"WHERE slide_id = {literal}) AS p ON p.slide_id = i.slide_id AND p.patch_id = i.patch_id "
+            f"WHERE i.slide_id = {literal} AND i.status = 'ok' ORDER BY i.instruction_id"
+        )
+        yield from _fetch(connection, query, batch_rows)
+
+
+def exportable_slides(
+    connection: duckdb.DuckDBPyConnection, instructions: str, *, max_quarantine_share: float
+) -> list[str]:
+    """Slides whose quarantined share is within ``max_quarantine_share`` (not blocked)."""
+    return [
+        row[0]
+        for row in connection.sql(
+            f"SELECT slide_id FROM {instructions} GROUP BY slide_id "
+            f"HAVING avg(CASE WHEN status = 'quarantined' THEN 1.0 ELSE 0.0 END) "
+            f"<= {float(max_quarantine_share)} ORDER BY slide_id"
+        ).fetchall()
+    ]
+
+
+def count_exportable(
+    connection: duckdb.DuckDBPyConnection,
+    instructions: str,
+    training_pairs: str,
+    *,
+    max_quarantine_share: float,
+) -> int:
+    """How many records :func:`iter_instructions` yields (the export's expected count)."""
+    slides = exportable_slides(connection, instructions, max_quarantine_share=max_quarantine_share)
+    if not slides:
+        return 0
+    listed = ", ".join("'" + s.replace("'", "''") + "'" for s in slides)
+    query = (
+        f"SELECT count(*) FROM {instructions} AS i JOIN {training_pairs} AS t "
+        f"USING (slide_id, pair_id) WHERE i.status = 'ok' AND i.slide_id IN ({listed})"
+    )
+    return connection.sql(query).fetchone()[0]
+
+
+def llava_record(row: Mapping[str, Any], image: str) -> dict[str, Any]:
+    """One instruction as a LLaVA training record (plus PathGen-Instruct's extra keys)."""
+    return {
+        "id": row["instruction_id"],
+        "image": image,
+        "conversations": json.loads(row["turns_json"]),
+        "type": LLAVA_TYPES[row["kind"]],
+        "wsi_id": Path(row["slide_file_name"]).stem,
+        "file_id": row["slide_sha256"],
+        "position": [str(row["x"]), str(row["y"])],
+    }
+
+
+def write_llava_json(rows: Iterable[Mapping[str, Any]], directory: Path) -> ExportSummary:
+    """``pathgen_instruct.json`` (a JSON list in LLaVA's format) and ``images/`` beside it.
+
+    ``image`` paths are relative to the export folder (LLaVA's ``--image_folder``); each
+    pair's JPEG is written once, verbatim from ``patches``, after its sha256 is checked.
+    ``summary.pairs`` counts instructions (records), ``counts`` splits them by kind.
+    """
+    summary = ExportSummary("llava_instruct")
+    slides: set[str] = set()
+    written: set[str] = set()
+    counts = {"conversation": 0, "multiple_choice": 0}
+    path = directory / LLAVA_JSON
+    checksums = directory / "images.sha256"
+    with path.open("w", encoding="utf-8") as handle, checksums.open("w", encoding="utf-8") as sums:
+        handle.write("[")
+        for row in rows:
+            image_file = image_path(directory, row)
+            relative = image_file.relative_to(directory).as_posix()
+            if relative not in written:
+                image = checked_image(row)
+                image_file.parent.mkdir(parents=True, exist_ok=True)
+                image_file.write_bytes(image)
+                sums.write(f"{row['image_sha256']}  {relative}\n")
+                written.add(relative)
+            handle.write(",\n" if summary.pairs else "\n")
+            handle.write(json.dumps(llava_record(row, relative), ensure_ascii=False))
+            summary.pairs += 1
+            counts[row["kind"]] += 1
+            slides.add(row["slide_id"])
+        handle.write("\n]\n")
+    summary.slides = len(slides)
+    summary.counts = {**counts, "images": len(written)}
+    summary.files += [describe_file(directory, path), describe_file(directory, checksums)]
+    return summary
