@@ -46,7 +46,8 @@ class InstructionChecksConfig(dg.Config):
 
 
 def rejudge(lakehouse: Lakehouse, slide_id: str, rows: pl.DataFrame) -> list[list[str]]:
-    """Failed rules of every stored row, judged again from the stored turns and facts."""
+    """Failed rules of every stored row: judged again from the stored turns and facts,
+    plus the rules it was stored as failing."""
     patches = lakehouse.read(PATCHES.name, slide_id=slide_id, columns=["patch_id", "facts_json"])
     pairs = lakehouse.read(TRAINING_PAIRS.name, slide_id=slide_id, columns=["pair_id", "revised_description"])
     facts = {
@@ -70,8 +71,9 @@ def rejudge(lakehouse: Lakehouse, slide_id: str, rows: pl.DataFrame) -> list[lis
             continue
         context = Context(facts[row["patch_id"]], revised[row["pair_id"]])
         found = [rule for rule, _ in judge(instruction, context)]
-        # Kept from the stored row: failures the row rules cannot see again.
-        found += [r for r in row["failed_rules"] if r in ("generation_failed",)]
+        # A row stays failed for what it failed when written (a rule may see more then,
+        # e.g. a generation failure), and fails for anything the rules find now.
+        found += [r for r in row["failed_rules"] if r not in found and r != "duplicate_question"]
         failed.append(found)
     for index in duplicate_questions(judged):
         failed[index].append("duplicate_question")
@@ -91,7 +93,13 @@ def rejudge(lakehouse: Lakehouse, slide_id: str, rows: pl.DataFrame) -> list[lis
 def instructions_gate(
     context: dg.AssetCheckExecutionContext, config: InstructionChecksConfig, lakehouse: Lakehouse
 ) -> dg.AssetCheckResult:
-    slide_id = context.partition_key
+    return gate_result(lakehouse, context.partition_key, config)
+
+
+def gate_result(
+    lakehouse: Lakehouse, slide_id: str, config: InstructionChecksConfig
+) -> dg.AssetCheckResult:
+    """The gate's verdict on one slide's stored instructions."""
     rows = lakehouse.read(INSTRUCTIONS.name, slide_id=slide_id)
     failed = rejudge(lakehouse, slide_id, rows)
     gate = gate_slide(slide_id, failed, max_share=config.max_quarantine_share)
