@@ -58,13 +58,13 @@ with exactly one answer per question."""
 INSTRUCTION_FACTS = PromptTemplate(
     template_id="instruction.facts",
     version=1,
-    system=_RULES.format(grounding="description and the measured facts"),
+    system=_RULES.replace("{grounding}", "description and the measured facts"),
     user=("MEASURED FACTS:\n{facts}\n\nDESCRIPTION:\n{description}\n\nQUESTIONS ({count}):\n{questions}"),
 )
 INSTRUCTION_VISION = PromptTemplate(
     template_id="instruction.vision",
     version=1,
-    system=_RULES.format(grounding="image, the description and the measured facts"),
+    system=_RULES.replace("{grounding}", "image, the description and the measured facts"),
     user=("MEASURED FACTS:\n{facts}\n\nDESCRIPTION:\n{description}\n\nQUESTIONS ({count}):\n{questions}"),
     needs_image=True,
 )
@@ -97,8 +97,9 @@ class InstructionAgent(Agent):
     Args:
         plans: the conversation plan of each pair, by patch id.
         pairs: the pairs, by patch id (revised description and facts for the prompt).
-        constrained: ask the server for schema-constrained JSON (off only to exercise the
-            strict parser with a small model's free-form answers).
+        response_format: what the server is asked to enforce: the answers' JSON schema
+            (default); ``{"type": "json_object"}`` (any object) or None (free text) only to
+            exercise the strict parser with a small model's answers.
     """
 
     name = AGENT_NAME
@@ -108,10 +109,10 @@ class InstructionAgent(Agent):
         plans: dict[str, ConversationPlan],
         pairs: dict[str, PairInput],
         *,
-        constrained: bool = True,
+        response_format: dict | None = ANSWERS_RESPONSE_FORMAT,
     ):
         self.plans, self.pairs = plans, pairs
-        self.response_format = ANSWERS_RESPONSE_FORMAT if constrained else None
+        self.response_format = response_format
 
     def grounded(self, item: PatchInput):
         return json.dumps({"answers": list(self.plans[item.patch_id].grounded_answers)}), ()

@@ -21,7 +21,11 @@ from pathgen_dagster.lib.captions.agents import (
     ResponseCache,
     run_agent,
 )
-from pathgen_dagster.lib.instructions.agent import AGENT_NAME, InstructionAgent
+from pathgen_dagster.lib.instructions.agent import (
+    AGENT_NAME,
+    ANSWERS_RESPONSE_FORMAT,
+    InstructionAgent,
+)
 from pathgen_dagster.lib.instructions.conversation import (
     MAX_TURNS,
     MIN_TURNS,
@@ -146,14 +150,14 @@ def conversation_rows(
     session: ModelSession | None,
     cache: ResponseCache,
     config: InstructionConfig = InstructionConfig(),
-    constrained: bool = True,
+    response_format: dict | None = ANSWERS_RESPONSE_FORMAT,
 ) -> list[InstructionRow]:
     """One conversation per pair: planned questions, answered grounded or by the model."""
     if config.conversations_per_pair == 0 or not pairs:
         return []
     plans = {p.patch_id: plan(p, min_turns=config.min_turns, max_turns=config.max_turns) for p in pairs}
     by_patch = {p.patch_id: p for p in pairs}
-    agent = InstructionAgent(plans, by_patch, constrained=constrained)
+    agent = InstructionAgent(plans, by_patch, response_format=response_format)
     items = [PatchInput(patch_id=p.patch_id, facts=p.facts, image_jpeg=p.image_jpeg) for p in pairs]
     outputs = run_agent(agent, items, session=session, cache=cache, config=config.agent())
     return [_conversation_row(by_patch[o.patch_id], plans[o.patch_id], o) for o in outputs]

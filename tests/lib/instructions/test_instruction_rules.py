@@ -232,3 +232,15 @@ def test_letters_within_one_per_block():
     letters = balanced_letters(10, seed="x")
     counts = Counter(letters)
     assert set(counts) == set(LETTERS) and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_instruction_prompts_render_with_the_planned_questions():
+    from pathgen_dagster.lib.captions.agents import AgentConfig, PatchInput
+    from pathgen_dagster.lib.instructions.agent import INSTRUCTION_FACTS, InstructionAgent
+
+    pair = pair_for(FACTS, "p")
+    agent = InstructionAgent({"p": plan(pair)}, {"p": pair})
+    values = agent.values(PatchInput("p", FACTS), AgentConfig(), None)
+    system, user = INSTRUCTION_FACTS.render(**values)
+    assert '{"answers": [' in system["content"]
+    assert "1. " in user["content"] and pair.revised_description in user["content"]
