@@ -269,3 +269,16 @@ def test_embedded_server_answers_are_parsed_strictly_retried_and_recorded(built)
     assert rejected or entries, "the server answered nothing"
     assert all(r.cache_hit for r in again)
     assert [r.turns for r in again] == [r.turns for r in rows]
+
+
+def test_code_location_has_instructions_its_checks_and_the_llava_export():
+    from pathgen_dagster.definitions import defs
+
+    definitions = defs()
+    graph = definitions.resolve_asset_graph()
+    parents = {p.to_user_string() for p in graph.get(dg.AssetKey("instructions")).parent_keys}
+    assert parents == {"training_pairs", "patches"}
+    export = graph.get(dg.AssetKey("llava_instruct_export"))
+    assert {p.to_user_string() for p in export.parent_keys} == {"instructions", "training_pairs", "patches"}
+    checks = {key.name for key in graph.asset_check_keys if key.asset_key == dg.AssetKey("instructions")}
+    assert checks == {"instructions_gate", "instruction_letter_balance", "instruction_expectations"}
