@@ -217,23 +217,37 @@ def run_instruction_export(
 ) -> dict[str, Any]:
     """Write the LLaVA export from ``instructions`` (+ pairs and patch images); its manifest.
 
+    Before ``instructions`` is first materialized the export is an empty list whose
+    manifest says so (``config.note``).
+
     Raises:
-        ExportError: a source table is missing, an image is missing or changed, or the
+        ExportError: ``training_pairs`` or ``patches`` is missing, an image is missing or changed, or the
             export's record count differs from the exportable rows of the table.
     """
     name = "llava_instruct"
-    tables = [INSTRUCTIONS.name, TRAINING_PAIRS.name, PATCHES.name]
     versions: dict[str, int] = {}
-    for table in tables:
+    for table in (TRAINING_PAIRS.name, PATCHES.name):
         version = lakehouse.version(table)
         if version is None:
             raise ExportError(f"export {name}: table {table!r} has never been written")
         versions[table] = version
+    instructions_version = lakehouse.version(INSTRUCTIONS.name)
+    config = {"max_quarantine_share": max_quarantine_share}
+    directory = export_directory(lakehouse, name)
+    if instructions_version is None:
+        # Instruction data is a stage of its own: before it first runs there is nothing to
+        # export, which the manifest says (an empty list, not a failed whole-dataset run).
+        with replacing(directory) as staging:
+            summary = write_llava_json([], staging)
+            config["note"] = "instructions never materialized: materialize it, then export again"
+            return write_manifest(
+                staging, summary, source_versions=versions, run_id=run_id, config=config
+            )
+    versions[INSTRUCTIONS.name] = instructions_version
     relation = {
         table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
         for table, version in versions.items()
     }
-    directory = export_directory(lakehouse, name)
     with connect({}) as connection, replacing(directory) as staging:
         expected = count_exportable(
             connection,
@@ -255,11 +269,7 @@ def run_instruction_export(
                 f"instructions of instructions v{versions[INSTRUCTIONS.name]}"
             )
         manifest = write_manifest(
-            staging,
-            summary,
-            source_versions=versions,
-            run_id=run_id,
-            config={"max_quarantine_share": max_quarantine_share},
+            staging, summary, source_versions=versions, run_id=run_id, config=config
         )
     return manifest
 
@@ -284,4 +294,6 @@ def llava_instruct_export(
             lakehouse, run_id=context.run_id, max_quarantine_share=config.max_quarantine_share
         )
     )
+    if "note" in manifest["config"]:
+        context.log.warning(f"llava_instruct_export: {manifest['config']['note']}")
     return _result(lakehouse, "llava_instruct", manifest, time.perf_counter() - started)

@@ -168,6 +168,16 @@ def test_llava_export_reads_back_and_blocked_slide_is_left_out(built):
     assert gate.passed is False and SLIDE_B in gate.description
 
 
+def test_llava_export_before_instructions_exist_is_empty_and_says_why(built):
+    lakehouse, instance, resources = built
+    materialize([llava_instruct_export], instance, resources)
+    folder = Path(lakehouse.root).resolve() / "exports" / "llava_instruct"
+    assert json.loads((folder / LLAVA_JSON).read_text()) == []
+    manifest = read_manifest(folder)
+    assert manifest["pairs"] == 0 and "instructions never materialized" in manifest["config"]["note"]
+    assert "instructions" not in manifest["source_versions"]
+
+
 def test_gate_rejudges_rows_stored_as_ok(built):
     """A row stored as ok whose answer letter points at a distractor fails the gate."""
     lakehouse, instance, resources = built
