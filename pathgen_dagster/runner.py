@@ -68,6 +68,57 @@ def run_slides(
     return outcomes
 
 
+def quiet_console() -> None:
+    """Keep per-slide library noise off the console: preview/beta warnings, progress bars.
+
+    The runs' own events still go to the instance (and the UI); only the terminal is spared.
+    """
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for category in ("PreviewWarning", "BetaWarning", "SupersessionWarning"):
+        cls = getattr(dg, category, None)
+        if cls is not None:
+            warnings.filterwarnings("ignore", category=cls)
+    for name in ("sentence_transformers", "transformers", "great_expectations", "tifffile"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# Per-slide counts in the final table: (column, table, filter) read from the lakehouse.
+_SUMMARY_COUNTS = (
+    ("tiles", "tiles", None),
+    ("patches", "patches", None),
+    ("pairs", "training_pairs", None),
+    ("quarantined", "caption_quality", "passed"),
+)
+
+
+def slide_summary(lakehouse, outcomes: Sequence[SlideOutcome]):
+    """One row per slide: status, tiles, patches, pairs, quarantined captions, seconds."""
+    import polars as pl
+
+    frame = pl.DataFrame(
+        {
+            "slide": [o.slide_id for o in outcomes],
+            "status": ["ok" if o.success else "FAILED" for o in outcomes],
+            "seconds": [round(o.seconds, 1) for o in outcomes],
+            "error": [o.error or "" for o in outcomes],
+        },
+        schema={"slide": pl.String, "status": pl.String, "seconds": pl.Float64, "error": pl.String},
+    )
+    for column, table, passed in _SUMMARY_COUNTS:
+        rows = lakehouse.read(table, columns=["slide_id"] + ([passed] if passed else []))
+        if passed:
+            rows = rows.filter(~pl.col(passed))
+        counts = rows.group_by("slide_id").len(name=column).rename({"slide_id": "slide"})
+        frame = frame.join(counts, on="slide", how="left").with_columns(pl.col(column).fill_null(0))
+    return frame.select("slide", "status", "tiles", "patches", "pairs", "quarantined", "seconds", "error")
+
+
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
@@ -88,9 +139,7 @@ def run_whole_dataset(
     graph = definitions.resolve_asset_graph()
     selected = dg.AssetSelection.from_string(selection).resolve(graph)
     whole = sorted(
-        key
-        for key in selected
-        if graph.get(key).partitions_def is None and graph.get(key).is_materializable
+        key for key in selected if graph.get(key).partitions_def is None and graph.get(key).is_materializable
     )
     if not whole:
         # An empty selection would make Dagster run every asset, partitioned ones included.

@@ -40,6 +40,8 @@ class SlideStore(dg.ConfigurableResource):
             if landing_file.slide_id == slide_id:
                 return landing_file
         raise FileNotFoundError(
-            f"slide {slide_id!r}: no file in the landing zone {self.path} has this id any more; "
-            "restore the file, or delete the partition in the Dagster UI"
+            f"slide {slide_id!r}: no file in the landing zone {self.path} has this id. If that "
+            "is not the folder the slide was registered from, point PATHGEN_LANDING at the "
+            "right one (the shell's value wins over .env); otherwise restore the file, or "
+            "delete the partition in the Dagster UI"
         )
