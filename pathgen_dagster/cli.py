@@ -101,7 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_console()
     with _instance() as instance:
         slides = args.slide or instance.get_dynamic_partitions(SLIDES_PARTITION)
-        outcomes = run_slides(instance, slides, selection=args.select, progress=print)
+        outcomes = run_slides(
+            instance,
+            slides,
+            selection=args.select,
+            progress=print,
+            isolate=not args.in_process,
+            memory_limit_mb=args.memory_limit_mb,
+        )
     summary = slide_summary(_lakehouse(args), outcomes)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=100, tbl_width_chars=200):
         print(summary.drop("error"))
@@ -241,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 even when slides failed (default: exit 1 when any slide failed)",
     )
     run.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # now the default
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the slides in this process (faster start; a crash then ends the whole run)",
+    )
+    run.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        help="cap each slide's process at this many MiB of address space (RLIMIT_AS)",
+    )
     run.set_defaults(func=cmd_run)
 
     demo = commands.add_parser("demo", help="run every stage for every slide and summarise")
