@@ -73,7 +73,8 @@ def discover(
             rejected.append(RejectedFile(landing_file.slide_id, landing_file.path, str(error)))
             continue
         digest = sha256_file(landing_file.path)
-        if digest in hashes:
+        # The same id with the same bytes is this very slide (a re-registration), not a copy.
+        if digest in hashes and hashes[digest][0] != landing_file.slide_id:
             original_id, original_uri = hashes[digest]
             reason = duplicate_reason(landing_file.path, original_id, original_uri, digest)
             rejected.append(RejectedFile(landing_file.slide_id, landing_file.path, reason))

@@ -115,3 +115,36 @@ def test_bad_slide_fails_with_its_name_and_others_go_on(instance, resources, lan
 def _register(instance, resources, landing):
     added, _ = register_landing(instance, resources["lakehouse"], landing)
     return added
+
+
+def test_same_bytes_under_two_names_are_registered_once(instance, resources, landing: Path):
+    import shutil
+
+    shutil.copyfile(landing / "CMU-1-Small-Region.svs", landing / "copy-of-cmu.svs")
+    added, rejected = register_landing(instance, resources["lakehouse"], landing)
+    assert "copy-of-cmu" not in added and "CMU-1-Small-Region" in added
+    [duplicate] = rejected
+    assert duplicate.slide_id == "copy-of-cmu"
+    assert "duplicate of slide 'CMU-1-Small-Region'" in duplicate.reason
+    assert "not processed twice" in duplicate.reason
+    errors = resources["lakehouse"].read("slide_errors")
+    assert errors.filter(slide_id="copy-of-cmu")["reason"][0] == duplicate.reason
+    # Registered again later, it stays recorded and is not re-hashed into a partition.
+    again, _ = register_landing(instance, resources["lakehouse"], landing)
+    assert again == []
+
+
+def test_a_duplicate_registered_by_hand_fails_at_slides_naming_the_original(
+    instance, resources, landing: Path
+):
+    import shutil
+
+    register_landing(instance, resources["lakehouse"], landing)
+    assert materialize_slide("CMU-1-Small-Region", instance, resources, (slides,)).success
+    shutil.copyfile(landing / "CMU-1-Small-Region.svs", landing / "late-copy.svs")
+    instance.add_dynamic_partitions(SLIDES_PARTITION, ["late-copy"])
+    result = materialize_slide("late-copy", instance, resources, (slides,))
+    assert not result.success
+    errors = resources["lakehouse"].read("slide_errors").filter(slide_id="late-copy")
+    assert "duplicate of slide 'CMU-1-Small-Region'" in errors["reason"][0]
+    assert resources["lakehouse"].read("slides", slide_id="late-copy").is_empty()
