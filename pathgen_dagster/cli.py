@@ -88,6 +88,10 @@ def cmd_register(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             allowed_roots=roots,
         )
+        if rejected:
+            from assets.slide_errors import slide_errors_observation
+
+            instance.report_runless_asset_event(slide_errors_observation(_lakehouse(args)))
     print(f"registered {len(added)} new slide partitions: {', '.join(added) or '-'}")
     for item in rejected:
         print(f"rejected {item.path.name}: {item.reason}")

@@ -278,6 +278,8 @@ def auto_run_requests(
 def landing_sensor(
     context: dg.SensorEvaluationContext, lakehouse: Lakehouse, slide_store: SlideStore
 ) -> dg.SensorResult:
+    from assets.slide_errors import slide_errors_observation
+
     discovery = discover(
         slide_store.path,
         known_ids(context.instance, lakehouse),
@@ -303,6 +305,8 @@ def landing_sensor(
     else:
         skip_reason = dg.SkipReason("no new slides")
     return dg.SensorResult(
+        # Rejections show on the slide_errors asset's page, not only in this tick's log.
+        asset_events=[slide_errors_observation(lakehouse)] if discovery.rejected else [],
         run_requests=run_requests,
         dynamic_partitions_requests=[slide_partitions.build_add_request(keys)] if keys else [],
         cursor=cursor,
