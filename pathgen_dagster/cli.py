@@ -214,7 +214,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         if pair_id is None:
             if lakehouse.version("training_pairs") is None:
                 raise PairNotFound("training_pairs has never been built; materialize it first")
-            pair_id = lakehouse.sql("SELECT min(pair_id) AS pair_id FROM training_pairs")["pair_id"][0]
+            pair_id = lakehouse.sql("SELECT min(pair_id) AS pair_id FROM training_pairs")[
+                "pair_id"
+            ][0]
             if pair_id is None:
                 raise PairNotFound("training_pairs is empty")
         print(format_lineage(trace(lakehouse, pair_id)))
@@ -275,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="build dataset_stats, quarantine_report and every export of training_pairs"
     )
-    export.add_argument("--only", action="append", help="asset to build (repeat), e.g. webdataset_export")
+    export.add_argument(
+        "--only", action="append", help="asset to build (repeat), e.g. webdataset_export"
+    )
     export.set_defaults(func=cmd_export)
 
     lineage = commands.add_parser(

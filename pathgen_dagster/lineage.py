@@ -149,14 +149,17 @@ def trace(lakehouse: Lakehouse, pair_id: str) -> Lineage:
     return Lineage(pair_id, pair, pairs_version, steps)
 
 
-def find_pair(connection: duckdb.DuckDBPyConnection, uri: str, version: int, pair_id: str) -> dict[str, Any]:
+def find_pair(
+    connection: duckdb.DuckDBPyConnection, uri: str, version: int, pair_id: str
+) -> dict[str, Any]:
     """The training_pairs row of ``pair_id``: one slide's files when the id names its slide."""
     relation = f"delta_scan({quote(uri)}, version => {version})"
     hint = PAIR_ID.match(pair_id)
     queries = []
     if hint:
         queries.append(
-            f"SELECT * FROM {relation} WHERE slide_id = {quote(hint['slide_id'])} AND pair_id = $pair_id"
+            f"SELECT * FROM {relation} WHERE slide_id = {quote(hint['slide_id'])} "
+            "AND pair_id = $pair_id"
         )
     queries.append(f"SELECT * FROM {relation} WHERE pair_id = $pair_id")
     for query in queries:

@@ -36,7 +36,9 @@ def preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.Metad
     for row in head.iter_rows():
         cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
         lines.append(
-            "| " + " | ".join(cell.replace("|", "/").replace("\n", " ")[:160] for cell in cells) + " |"
+            "| "
+            + " | ".join(cell.replace("|", "/").replace("\n", " ")[:160] for cell in cells)
+            + " |"
         )
     return dg.MetadataValue.md("\n".join(lines))
 

@@ -224,7 +224,9 @@ def run_whole_dataset(
     graph = definitions.resolve_asset_graph()
     selected = dg.AssetSelection.from_string(selection).resolve(graph)
     whole = sorted(
-        key for key in selected if graph.get(key).partitions_def is None and graph.get(key).is_materializable
+        key
+        for key in selected
+        if graph.get(key).partitions_def is None and graph.get(key).is_materializable
     )
     if not whole:
         # An empty selection would make Dagster run every asset, partitioned ones included.

@@ -42,7 +42,8 @@ def conform(spec: TableSpec, rows: pa.Table | pl.DataFrame) -> pa.Table:
     extra = set(table.column_names) - set(expected.names)
     if missing or extra:
         raise SchemaMismatch(
-            f"table {spec.name!r}: missing columns {sorted(missing)}, unexpected columns {sorted(extra)}"
+            f"table {spec.name!r}: missing columns {sorted(missing)}, "
+            f"unexpected columns {sorted(extra)}"
         )
     columns = []
     for field in expected:
@@ -61,7 +62,8 @@ def conform(spec: TableSpec, rows: pa.Table | pl.DataFrame) -> pa.Table:
             columns.append(column.cast(field.type, safe=True))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
             raise SchemaMismatch(
-                f"table {spec.name!r}: column {field.name!r} cannot be stored as {field.type}: {error}"
+                f"table {spec.name!r}: column {field.name!r} cannot be stored as "
+                f"{field.type}: {error}"
             ) from None
     return pa.Table.from_arrays(columns, schema=expected)
 

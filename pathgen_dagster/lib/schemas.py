@@ -35,7 +35,10 @@ class TableSpec:
     @property
     def schema(self) -> pa.Schema:
         return pa.schema(
-            [pa.field(c.name, c.type, nullable=c.nullable, metadata={"doc": c.doc}) for c in self.columns]
+            [
+                pa.field(c.name, c.type, nullable=c.nullable, metadata={"doc": c.doc})
+                for c in self.columns
+            ]
         )
 
     @property
@@ -47,7 +50,9 @@ class TableSpec:
 PROVENANCE = (
     Column("run_id", pa.string(), "Dagster run that wrote the row"),
     Column("config_hash", pa.string(), "sha256 (16 hex) of the stage config that produced the row"),
-    Column("upstream_version", pa.int64(), "Delta version of the upstream table that was read", True),
+    Column(
+        "upstream_version", pa.int64(), "Delta version of the upstream table that was read", True
+    ),
 )
 
 SLIDE_ID = Column("slide_id", pa.string(), "sanitised slide id, the Dagster partition key")
@@ -118,14 +123,18 @@ PATCH_EMBEDDINGS = TableSpec(
         SLIDE_ID,
         Column("x", pa.int64(), "level-0 x of the tile"),
         Column("y", pa.int64(), "level-0 y of the tile"),
-        Column("encoder_id", pa.string(), "image encoder and version (morphology-v1, open_clip:...)"),
+        Column(
+            "encoder_id", pa.string(), "image encoder and version (morphology-v1, open_clip:...)"
+        ),
         Column("dim", pa.int32(), "embedding length; every row of one encoder has the same"),
         Column(
             "embedding",
             pa.list_(pa.float32()),
             "L2-normalised embedding (Delta has no fixed-size list; length = dim, checked)",
         ),
-        Column("facts_json", pa.string(), "measured morphology of the tile (MorphologyFacts, JSON)"),
+        Column(
+            "facts_json", pa.string(), "measured morphology of the tile (MorphologyFacts, JSON)"
+        ),
         Column("facts_sentence", pa.string(), "the measured morphology as one factual sentence"),
         Column("cellularity", pa.string(), "measured cellularity band (low/moderate/high)"),
         Column("nuclei_density_per_mm2", pa.float64(), "nuclei per mm2 of tissue"),
@@ -176,7 +185,9 @@ AGENT_PROVENANCE = (
     Column("attempts", pa.int32(), "model calls made for this row (0 = cache or grounded)"),
     Column("finish_reason", pa.string(), "the model's finish reason", True),
     Column("cache_hit", pa.bool_(), "the text came from the response cache"),
-    Column("status", pa.string(), "ok, fallback (grounded text replaced a rejected output), failed"),
+    Column(
+        "status", pa.string(), "ok, fallback (grounded text replaced a rejected output), failed"
+    ),
     Column("failure_reason", pa.string(), "why the model output was rejected", True),
 )
 
@@ -364,7 +375,9 @@ TRAINING_PAIRS = TableSpec(
             "Delta version of revised_descriptions that was read",
         ),
         Column("captions_version", pa.int64(), "Delta version of captions that was read"),
-        Column("caption_quality_version", pa.int64(), "Delta version of caption_quality that was read"),
+        Column(
+            "caption_quality_version", pa.int64(), "Delta version of caption_quality that was read"
+        ),
         *SQL_MODEL_PROVENANCE,
     ),
 )

@@ -24,9 +24,15 @@ def delta_extension_path() -> Path:
     version = duckdb.__version__
     if spec is None or not spec.submodule_search_locations:
         raise DeltaExtensionMissing(
-            f"package duckdb-extension-delta is not installed; pip install duckdb-extension-delta=={version}"
+            "package duckdb-extension-delta is not installed; "
+            f"pip install duckdb-extension-delta=={version}"
         )
-    path = Path(spec.submodule_search_locations[0]) / "extensions" / f"v{version}" / "delta.duckdb_extension"
+    path = (
+        Path(spec.submodule_search_locations[0])
+        / "extensions"
+        / f"v{version}"
+        / "delta.duckdb_extension"
+    )
     if not path.exists():
         raise DeltaExtensionMissing(
             f"duckdb-extension-delta carries no extension for DuckDB {version} ({path}); "
@@ -47,5 +53,7 @@ def connect(tables: dict[str, str], database: str = ":memory:") -> duckdb.DuckDB
     connection.execute("LOAD delta")
     for name, uri in tables.items():
         if (Path(uri) / "_delta_log").is_dir():
-            connection.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM delta_scan('{uri}')")
+            connection.execute(
+                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM delta_scan('{uri}')"
+            )
     return connection

@@ -70,18 +70,24 @@ class Encoders(dg.ConfigurableResource):
     def text_encoder_id(self) -> str:
         return self.sentences.encoder_id if self.kind == "morphology" else self.clip.encoder_id
 
-    def embed_tiles(self, tiles: np.ndarray, mpp: float) -> tuple[np.ndarray, list[MorphologyFacts]]:
+    def embed_tiles(
+        self, tiles: np.ndarray, mpp: float
+    ) -> tuple[np.ndarray, list[MorphologyFacts]]:
         """Image embeddings of the tiles and their measured morphology (always measured)."""
         embeddings, facts = self.morphology.embed(tiles, mpp)
         if self.kind == "open_clip":
             embeddings = self.clip.embed_images(tiles)
         return embeddings.astype(np.float32), facts
 
-    def retrieval_embeddings(self, embeddings: np.ndarray, facts_sentences: list[str]) -> np.ndarray:
+    def retrieval_embeddings(
+        self, embeddings: np.ndarray, facts_sentences: list[str]
+    ) -> np.ndarray:
         """The tiles' side of prompt retrieval: CLIP image embeddings, or the MiniLM
         embeddings of their measured-morphology sentences in the default mode."""
         return self.sentences.encode(facts_sentences) if self.kind == "morphology" else embeddings
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Text embeddings in the space tiles are ranked in."""
-        return self.sentences.encode(texts) if self.kind == "morphology" else self.clip.encode(texts)
+        return (
+            self.sentences.encode(texts) if self.kind == "morphology" else self.clip.encode(texts)
+        )

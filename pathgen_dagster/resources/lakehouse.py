@@ -57,9 +57,9 @@ class Lakehouse(dg.ConfigurableResource):
         """Rows of ``table`` (one slide's when ``slide_id`` is given); empty before any write."""
         spec = self.spec(table)
         if self.version(table) is None:
-            return pl.DataFrame(schema=pl.Schema(pl.from_arrow(spec.schema.empty_table()).schema)).select(
-                columns or spec.column_names
-            )
+            return pl.DataFrame(
+                schema=pl.Schema(pl.from_arrow(spec.schema.empty_table()).schema)
+            ).select(columns or spec.column_names)
         filters = [("slide_id", "=", slide_id)] if slide_id is not None else None
         arrow = DeltaTable(self.uri(table)).to_pyarrow_table(columns=columns, filters=filters)
         return pl.from_arrow(arrow)

@@ -103,7 +103,9 @@ class LLMServer(dg.ConfigurableResource):
             yield None
         elif self.backend == "embedded":
             with (
-                EmbeddedServer(n_parallel=self.embedded_parallel, n_threads=self.embedded_threads) as server,
+                EmbeddedServer(
+                    n_parallel=self.embedded_parallel, n_threads=self.embedded_threads
+                ) as server,
                 self._client(server.base_url) as client,
             ):
                 yield Session("embedded", server.model_id, False, client, tuple(self.stop))
@@ -113,7 +115,9 @@ class LLMServer(dg.ConfigurableResource):
                     self.base_url, timeout_s=min(30.0, self.startup_timeout_s), api_key=self.api_key
                 )
             except Exception as error:
-                raise ModelServerError(f"vLLM server at {self.base_url} does not answer: {error}") from error
+                raise ModelServerError(
+                    f"vLLM server at {self.base_url} does not answer: {error}"
+                ) from error
             with self._client(self.base_url) as client:
                 yield Session("vllm", self._model_name(), self.vision, client, tuple(self.stop))
         elif self.launch_command:
@@ -123,7 +127,9 @@ class LLMServer(dg.ConfigurableResource):
             ):
                 yield Session("vllm", self._model_name(), self.vision, client, tuple(self.stop))
         else:
-            raise ModelServerError("backend 'vllm' needs base_url (a running server) or launch_command")
+            raise ModelServerError(
+                "backend 'vllm' needs base_url (a running server) or launch_command"
+            )
 
     def _model_name(self) -> str:
         if not self.model:
@@ -145,7 +151,9 @@ def managed_server(command: str, startup_timeout_s: float) -> Iterator[str]:
         yield from _serve(command, arguments, base_url, log, startup_timeout_s)
 
 
-def _serve(command: str, arguments: list[str], base_url: str, log, startup_timeout_s: float) -> Iterator[str]:
+def _serve(
+    command: str, arguments: list[str], base_url: str, log, startup_timeout_s: float
+) -> Iterator[str]:
     process = subprocess.Popen(
         arguments,
         stdout=log,
@@ -157,7 +165,9 @@ def _serve(command: str, arguments: list[str], base_url: str, log, startup_timeo
         deadline = time.monotonic() + startup_timeout_s
         while True:
             if process.poll() is not None:
-                raise ModelServerError(f"`{command}` exited with {process.returncode}; log: {log.name}")
+                raise ModelServerError(
+                    f"`{command}` exited with {process.returncode}; log: {log.name}"
+                )
             try:
                 wait_until_ready(base_url, timeout_s=5.0)
                 break

@@ -132,10 +132,16 @@ def write_stages(
                 }
             )
             text = f"Patch {index} of {slide_id}: sheets of cells with moderate cellularity."
-            descriptions.append({**key, **agent("description", "smollm2-135m"), "description": text})
-            revisions.append({**key, **agent("revision", "gemma3-270m"), "draft": text, "revised": text})
+            descriptions.append(
+                {**key, **agent("description", "smollm2-135m"), "description": text}
+            )
+            revisions.append(
+                {**key, **agent("revision", "gemma3-270m"), "draft": text, "revised": text}
+            )
             caption = f"H&E {slide_id} patch {index}: moderately cellular tissue{caption_note}."
-            captions.append({**key, **agent("summary", "gemma3-270m"), "caption": caption, "clip_tokens": 18})
+            captions.append(
+                {**key, **agent("summary", "gemma3-270m"), "caption": caption, "clip_tokens": 18}
+            )
             failed = ["unsupported_claim"] if index in failing else []
             verdicts.append(
                 {
@@ -228,7 +234,11 @@ def test_training_pairs_hold_only_passed_captions_with_lineage(built, resources)
     assert pairs["passed"].all() and (pairs["pair_id"] == pairs["patch_id"]).all()
     row = pairs.filter(pairs["slide_id"] == SLIDE_A).row(0, named=True)
     slide = lakehouse.read("slides", slide_id=SLIDE_A).row(0, named=True)
-    patch = lakehouse.read("patches", slide_id=SLIDE_A).filter(patch_id=row["patch_id"]).row(0, named=True)
+    patch = (
+        lakehouse.read("patches", slide_id=SLIDE_A)
+        .filter(patch_id=row["patch_id"])
+        .row(0, named=True)
+    )
     assert row["slide_uri"] == slide["uri"] and row["slide_sha256"] == slide["sha256"]
     assert row["slide_run_id"] == slide["run_id"]
     assert row["image_sha256"] == hashlib.sha256(patch["image_jpeg"]).hexdigest()
@@ -247,7 +257,10 @@ def test_training_pairs_hold_only_passed_captions_with_lineage(built, resources)
     last = pairs.filter(pairs["slide_id"] == SLIDE_B).row(0, named=True)
     for table, version in history.items():
         assert last[f"{table}_version"] == version
-    assert row["config_hash"] == MODELS["training_pairs"].code_versions_by_key[dg.AssetKey("training_pairs")]
+    assert (
+        row["config_hash"]
+        == MODELS["training_pairs"].code_versions_by_key[dg.AssetKey("training_pairs")]
+    )
 
 
 def test_quarantine_report_and_dataset_stats_read_the_whole_tables(built, instance, resources):
@@ -258,7 +271,9 @@ def test_quarantine_report_and_dataset_stats_read_the_whole_tables(built, instan
     assert report["patch_id"].to_list() == failed
     assert set(report["reasons"]) == {f"unsupported_claim: {WHY}"}
     assert not set(report["patch_id"]) & set(lakehouse.read("training_pairs")["pair_id"])
-    stats = {row["tissue_site"]: row for row in lakehouse.read("dataset_stats").iter_rows(named=True)}
+    stats = {
+        row["tissue_site"]: row for row in lakehouse.read("dataset_stats").iter_rows(named=True)
+    }
     whole = stats["all"]
     checked = 2 * PATCHES_PER_SLIDE
     assert (whole["slides"], whole["checked"], whole["pairs"]) == (2, checked, checked - 4)
@@ -298,7 +313,9 @@ def test_a_slide_run_reads_only_that_slides_files(built, resources):
     [model] = [m for m in discover() if m.name == "training_pairs"]
     build = build_model(lakehouse, model, partition_key=SLIDE_B, run_id="explain")
     with lakehouse.connect() as connection:
-        plan = "\n".join(row[1] for row in connection.sql(f"EXPLAIN ANALYZE {build.sql}").fetchall())
+        plan = "\n".join(
+            row[1] for row in connection.sql(f"EXPLAIN ANALYZE {build.sql}").fetchall()
+        )
     scans = plan.count("Scanning Files:")
     assert scans == len(model.refs)
     assert plan.count("Scanning Files: 1/2") == scans, plan
@@ -383,7 +400,9 @@ def test_an_export_after_patches_changed_fails_and_keeps_the_old_one(built, inst
     for row in patches:
         row["image_jpeg"] = row["image_jpeg"] + b"\x00"
     write_rows(lakehouse, "patches", SLIDE_A, patches)
-    result = dg.materialize([webdataset_export], instance=instance, resources=resources, raise_on_error=False)
+    result = dg.materialize(
+        [webdataset_export], instance=instance, resources=resources, raise_on_error=False
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "re-materialize training_pairs for slide 'CMU-1-Small-Region'" in str(
@@ -414,7 +433,9 @@ def test_pipeline_to_exports(instance, lakehouse, sample_landing):
     chain = [slides, tiles, patch_embeddings, patches, descriptions, revised_descriptions]
     chain += [captions, caption_quality, MODELS["training_pairs"]]
     materialize(chain, instance, resources, SLIDE_A)
-    materialize([MODELS["quarantine_report"], MODELS["dataset_stats"], *EXPORTS], instance, resources)
+    materialize(
+        [MODELS["quarantine_report"], MODELS["dataset_stats"], *EXPORTS], instance, resources
+    )
 
     verdicts = lakehouse.read("caption_quality", slide_id=SLIDE_A)
     pairs = lakehouse.read("training_pairs").sort("pair_id")

@@ -72,7 +72,9 @@ def test_three_agents_through_vllm(vllm_url, sample_landing: Path, tmp_path: Pat
     # A 270M base model is rarely faithful: allow every row to fall back, record why.
     agents_config = {"config": AgentsConfig(max_failure_rate=1.0, max_attempts=2).model_dump()}
     run_config = {
-        "ops": {name: agents_config for name in ("descriptions", "revised_descriptions", "captions")}
+        "ops": {
+            name: agents_config for name in ("descriptions", "revised_descriptions", "captions")
+        }
     }
     started = time.perf_counter()
     result = dg.materialize(

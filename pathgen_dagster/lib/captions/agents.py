@@ -145,8 +145,10 @@ def facts_block(facts: MorphologyFacts) -> str:
             f"- tissue covers {facts.tissue_fraction:.0%} of the patch; white space "
             f"(lumen, fat or background) {facts.white_fraction:.0%}",
             f"- eosin-dominant (stroma, cytoplasm) share of tissue: {facts.eosin_fraction:.0%}",
-            f"- cellularity: {facts.cellularity}, {facts.nuclei_density_per_mm2:.0f} nuclei per mm2",
-            f"- nuclear size: {facts.nuclear_size}, mean area {facts.nuclear_area_mean_um2:.0f} um2",
+            f"- cellularity: {facts.cellularity}, "
+            f"{facts.nuclei_density_per_mm2:.0f} nuclei per mm2",
+            f"- nuclear size: {facts.nuclear_size}, "
+            f"mean area {facts.nuclear_area_mean_um2:.0f} um2",
             f"- nuclear pleomorphism: {facts.pleomorphism}",
             f"- stroma: {facts.stroma}; lumen or fat spaces: {facts.lumen_or_fat}",
             f"- small round lymphocyte-like nuclei: {facts.inflammation_hint}",
@@ -268,7 +270,8 @@ def _grounded_text(text: str, facts: MorphologyFacts) -> str:
     found = verbalize.contradictions(text, facts)
     if found:
         raise Rejected(
-            "contradicts the measured morphology: " + "; ".join(f"{p!r} ({r})" for p, r in found[:3])
+            "contradicts the measured morphology: "
+            + "; ".join(f"{p!r} ({r})" for p, r in found[:3])
         )
     return text.strip()
 
@@ -361,7 +364,9 @@ def run_agent(
                 "response_format": agent.response_format,
             }
             key = sha(
-                json.dumps([session.model_id, template.template_hash, messages, sampling], sort_keys=True)
+                json.dumps(
+                    [session.model_id, template.template_hash, messages, sampling], sort_keys=True
+                )
             )
             request = ChatRequest(
                 key=key, messages=messages, model=session.model_id, **_request_args(sampling)
@@ -382,7 +387,9 @@ def run_agent(
                         "patch_id": p.item.patch_id,
                         "model_id": session.model_id,
                         "template_hash": template.template_hash,
-                        "input_hash": sha(json.dumps(requests[result.key][1].messages, sort_keys=True)),
+                        "input_hash": sha(
+                            json.dumps(requests[result.key][1].messages, sort_keys=True)
+                        ),
                         "text": result.text,
                         "finish_reason": result.finish_reason,
                         "prompt_tokens": result.prompt_tokens,
@@ -453,7 +460,9 @@ def _settle(agent, p: _Progress, answer, template, sampling, session, attempt, c
     p.output = _output(agent, p, accepted, edits, template, sampling, session, finish, "ok", None)
 
 
-def _output(agent, p, text, edits, template, sampling, session, finish, status, reason) -> AgentOutput:
+def _output(
+    agent, p, text, edits, template, sampling, session, finish, status, reason
+) -> AgentOutput:
     return AgentOutput(
         p.item.patch_id,
         text,
@@ -474,10 +483,14 @@ def _output(agent, p, text, edits, template, sampling, session, finish, status, 
     )
 
 
-def _fallback(agent: Agent, p: _Progress, session: ModelSession, config: AgentConfig) -> AgentOutput:
+def _fallback(
+    agent: Agent, p: _Progress, session: ModelSession, config: AgentConfig
+) -> AgentOutput:
     reason = " | ".join(p.rejections[-config.max_attempts :]) or "no accepted answer"
     status = "fallback" if config.fallback_to_grounded else "failed"
-    return grounded_output(agent, p.item, backend=session.backend, progress=p, status=status, reason=reason)
+    return grounded_output(
+        agent, p.item, backend=session.backend, progress=p, status=status, reason=reason
+    )
 
 
 def failure_rate(outputs: Sequence[AgentOutput]) -> float:

@@ -146,7 +146,9 @@ class EmbeddedServer:
             command += ["--n-threads", str(self.n_threads)]
         # A file, not a pipe: nobody drains a pipe while the server runs, and a full pipe
         # would block llama.cpp's logging.
-        with tempfile.NamedTemporaryFile("w", prefix="pathgen-llama-", suffix=".log", delete=False) as log:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="pathgen-llama-", suffix=".log", delete=False
+        ) as log:
             self.log_path = Path(log.name)
             self._process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True

@@ -190,7 +190,9 @@ class ChatClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=_auth_headers(api_key),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
         )
         self._lock = threading.Lock()
         self._requests_sent = 0
@@ -310,7 +312,9 @@ class ChatClient:
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
         try:
-            response = self._http.post(CHAT_COMPLETIONS_PATH, json=request.payload(), timeout=timeout_s)
+            response = self._http.post(
+                CHAT_COMPLETIONS_PATH, json=request.payload(), timeout=timeout_s
+            )
         except httpx.TransportError as error:  # connect, read, write, pool, protocol
             raise _Retryable(f"{type(error).__name__}: {error or 'no detail'}") from error
         finally:
@@ -363,7 +367,9 @@ def wait_until_ready(
             except httpx.TransportError as error:
                 last_failure = f"{type(error).__name__}: {error}"
             if time.monotonic() + poll_s > deadline:
-                raise TimeoutError(f"{root}{MODELS_PATH} not ready after {timeout_s:g} s ({last_failure})")
+                raise TimeoutError(
+                    f"{root}{MODELS_PATH} not ready after {timeout_s:g} s ({last_failure})"
+                )
             time.sleep(poll_s)
 
 

@@ -155,7 +155,9 @@ RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES) + ("copied_exam
 """Names a failure reason can start with."""
 
 
-def screen_output(text: str, finish_reason: str | None, *, example_phrases: Sequence[str] = ()) -> str | None:
+def screen_output(
+    text: str, finish_reason: str | None, *, example_phrases: Sequence[str] = ()
+) -> str | None:
     """None when ``text`` is acceptable, else ``"<rule name>: <detail>"`` of the first failure.
 
     Args:

@@ -228,7 +228,9 @@ CLAIM_RULES: tuple[ClaimRule, ...] = (
         (
             _wording(_negated_list(_SPACES), "absent"),
             _wording(
-                _qualified(r"prominent|large|numerous|many|extensive|abundant|wide|conspicuous", _SPACES),
+                _qualified(
+                    r"prominent|large|numerous|many|extensive|abundant|wide|conspicuous", _SPACES
+                ),
                 "prominent",
             ),
             _wording(
@@ -260,7 +262,9 @@ CLAIM_RULES: tuple[ClaimRule, ...] = (
         ),
         salient=frozenset({"possible"}),
         assessable=_has_tissue,
-        evidence=lambda f: f"{f.lymphoid_density_per_mm2:.0f} lymphocyte-like nuclei per mm2 of tissue",
+        evidence=lambda f: (
+            f"{f.lymphoid_density_per_mm2:.0f} lymphocyte-like nuclei per mm2 of tissue"
+        ),
     ),
 )
 RULES_BY_CLAIM = {rule.claim: rule for rule in CLAIM_RULES}
@@ -364,7 +368,10 @@ def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
     if measured in claim.labels:
         return None
     said = " or ".join(sorted(claim.labels))
-    return f"says {subject} {said}, measured {measured} ({rule.evidence(facts)}) [{claim.claim}_contradicted]"
+    return (
+        f"says {subject} {said}, measured {measured} ({rule.evidence(facts)}) "
+        f"[{claim.claim}_contradicted]"
+    )
 
 
 def contradictions(text: str, facts: MorphologyFacts) -> list[tuple[str, str]]:
@@ -410,7 +417,8 @@ _CELLULARITY = {
     "high": (
         "The tissue is densely cellular, with nuclei closely packed throughout much of the "
         "field and little room between neighbouring cells.",
-        "Cellularity is high: the cells are closely packed, with neighbouring nuclei almost touching.",
+        "Cellularity is high: the cells are closely packed, with neighbouring nuclei almost "
+        "touching.",
         "The field is highly cellular and composed of closely packed cells.",
     ),
     "moderate": (
@@ -470,8 +478,10 @@ _LUMEN_SENTENCE = {
         "field is filled by tissue.",
     ),
     "prominent": (
-        "Large clear spaces, which may be lumina, fat or empty background, take up much of the field.",
-        "Prominent clear spaces, such as lumina, fat or background, occupy a substantial part of the field.",
+        "Large clear spaces, which may be lumina, fat or empty background, take up much of "
+        "the field.",
+        "Prominent clear spaces, such as lumina, fat or background, occupy a substantial part "
+        "of the field.",
     ),
 }
 _INFLAMMATION_SENTENCE = (
@@ -524,7 +534,9 @@ def _site_phrase(tissue_site: str | None) -> str:
     return site if site.endswith("tissue") else f"{site} tissue"
 
 
-def _slot_sentences(slot: str, facts: MorphologyFacts, seed: str, *, correcting: bool = False) -> list[str]:
+def _slot_sentences(
+    slot: str, facts: MorphologyFacts, seed: str, *, correcting: bool = False
+) -> list[str]:
     """The sentence(s) one slot of a description says about ``facts`` (may be none).
 
     A description leaves an absent infiltrate unsaid; a correction of a draft that
@@ -583,10 +595,13 @@ def describe(facts: MorphologyFacts, *, tissue_site: str | None, seed: str) -> s
             ]
         )
     coverage = next(p for low, p in _COVERAGE if facts.tissue_fraction >= low)
-    opening = _pick(_OPENING, seed, "opening").format(site=site, coverage=_pick(coverage, seed, "coverage"))
+    opening = _pick(_OPENING, seed, "opening").format(
+        site=site, coverage=_pick(coverage, seed, "coverage")
+    )
     body = [s for slot in _SLOTS for s in _slot_sentences(slot, facts, seed)]
     nuclei = (
-        f" containing {_SIZE[facts.nuclear_size]}, {_PLEOMORPHIC[facts.pleomorphism]} pleomorphic nuclei"
+        f" containing {_SIZE[facts.nuclear_size]}, {_PLEOMORPHIC[facts.pleomorphism]} "
+        "pleomorphic nuclei"
         if _has_nuclei(facts)
         else ""
     )
@@ -649,7 +664,9 @@ def revise(draft: str, facts: MorphologyFacts, *, seed: str) -> tuple[str, list[
         label = getattr(facts, rule.claim)
         if rule.claim in mentioned or label not in rule.salient or not rule.assessable(facts):
             continue
-        added = [s for s in _slot_sentences(_SLOT_OF_CLAIM[rule.claim], facts, seed) if s not in kept]
+        added = [
+            s for s in _slot_sentences(_SLOT_OF_CLAIM[rule.claim], facts, seed) if s not in kept
+        ]
         if added:
             text = " ".join(added)
             reason = (

@@ -124,7 +124,9 @@ def sha256_file(path: Path) -> str:
 
 
 def describe_file(directory: Path, path: Path) -> ExportedFile:
-    return ExportedFile(path.relative_to(directory).as_posix(), path.stat().st_size, sha256_file(path))
+    return ExportedFile(
+        path.relative_to(directory).as_posix(), path.stat().st_size, sha256_file(path)
+    )
 
 
 # -- reading pairs -----------------------------------------------------------------------
@@ -171,7 +173,9 @@ def iter_pairs(
         yield from _fetch(connection, query, batch_rows)
 
 
-def _fetch(connection: duckdb.DuckDBPyConnection, query: str, batch_rows: int) -> Iterator[dict[str, Any]]:
+def _fetch(
+    connection: duckdb.DuckDBPyConnection, query: str, batch_rows: int
+) -> Iterator[dict[str, Any]]:
     reader = connection.sql(query).to_arrow_reader(batch_rows)
     for batch in reader:
         yield from batch.to_pylist()
@@ -229,7 +233,10 @@ def write_pathgen_json(rows: Iterable[Mapping[str, Any]], directory: Path) -> Ex
 def image_path(directory: Path, row: Mapping[str, Any]) -> Path:
     """Where the image folder export keeps a pair's JPEG."""
     return (
-        directory / "images" / _UNSAFE.sub("_", row["slide_id"]) / (_UNSAFE.sub("_", row["pair_id"]) + ".jpg")
+        directory
+        / "images"
+        / _UNSAFE.sub("_", row["slide_id"])
+        / (_UNSAFE.sub("_", row["pair_id"]) + ".jpg")
     )
 
 

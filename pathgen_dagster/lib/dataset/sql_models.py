@@ -82,7 +82,9 @@ class SqlModel:
         return hashlib.sha256(self.template.encode()).hexdigest()[:16]
 
 
-def parse(path: Path, *, specs: Mapping[str, TableSpec] = TABLES, text: str | None = None) -> SqlModel:
+def parse(
+    path: Path, *, specs: Mapping[str, TableSpec] = TABLES, text: str | None = None
+) -> SqlModel:
     """The model in ``path``: refs and versions found, placeholders and schema checked."""
     name = path.stem
     template = path.read_text() if text is None else text
@@ -142,7 +144,9 @@ def parse(path: Path, *, specs: Mapping[str, TableSpec] = TABLES, text: str | No
     return SqlModel(name, path, template, tuple(refs), tuple(versions), spec)
 
 
-def discover(directory: Path = MODELS_DIR, *, specs: Mapping[str, TableSpec] = TABLES) -> list[SqlModel]:
+def discover(
+    directory: Path = MODELS_DIR, *, specs: Mapping[str, TableSpec] = TABLES
+) -> list[SqlModel]:
     """Every ``*.sql`` model under ``directory``, in dependency order."""
     if not directory.is_dir():
         raise SqlModelError(f"SQL model folder {directory} does not exist")

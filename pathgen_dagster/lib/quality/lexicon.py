@@ -113,7 +113,8 @@ _COPULAS = _wordset(
     "demonstrate has have displays display"
 )
 _EXISTENCE = _wordset(
-    "seen identified present noted evident observed visible apparent found detected not absent appreciated"
+    "seen identified present noted evident observed visible apparent found detected not "
+    "absent appreciated"
 )
 _SINGULAR_COPULAS = _wordset("is was appears seems")
 _POST_FILLERS = _wordset(

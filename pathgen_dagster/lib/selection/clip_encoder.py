@@ -46,7 +46,9 @@ class OpenClipEncoder:
     ):
         path = Path(checkpoint)
         if not path.is_file():
-            raise ClipUnavailableError(f"CLIP checkpoint {path} does not exist; set encoder.checkpoint")
+            raise ClipUnavailableError(
+                f"CLIP checkpoint {path} does not exist; set encoder.checkpoint"
+            )
         try:
             import open_clip
         except Exception as error:  # ImportError, or torchvision's operator error
@@ -57,7 +59,9 @@ class OpenClipEncoder:
             ) from error
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(path))
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=str(path)
+        )
         self.model = model.eval().to(self.device)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -71,7 +75,10 @@ class OpenClipEncoder:
         outputs = []
         for start in range(0, len(tiles), self.batch_size):
             batch = torch.stack(
-                [self.preprocess(Image.fromarray(t)) for t in tiles[start : start + self.batch_size]]
+                [
+                    self.preprocess(Image.fromarray(t))
+                    for t in tiles[start : start + self.batch_size]
+                ]
             )
             features = self.model.encode_image(batch.to(self.device))
             outputs.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy())

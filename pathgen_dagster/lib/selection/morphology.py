@@ -248,7 +248,9 @@ class MorphologyFacts:
         return self.nuclei_count >= NUCLEAR_DETAIL_MIN_COUNT
 
 
-MEASUREMENT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MorphologyFacts) if f.name not in BANDS)
+MEASUREMENT_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(MorphologyFacts) if f.name not in BANDS
+)
 
 
 class DescriptorComponent(NamedTuple):
@@ -357,7 +359,8 @@ def fit_reference_statistics(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def raw_descriptors(facts: list[MorphologyFacts], histograms: np.ndarray) -> np.ndarray:
     """N x DESCRIPTOR_DIM unstandardised descriptors in DESCRIPTOR_COMPONENTS order."""
     rows = [
-        [_DERIVED[n](f) if n in _DERIVED else float(getattr(f, n)) for n in _SCALAR_COMPONENTS] for f in facts
+        [_DERIVED[n](f) if n in _DERIVED else float(getattr(f, n)) for n in _SCALAR_COMPONENTS]
+        for f in facts
     ]
     scalars = np.asarray(rows, dtype=np.float64).reshape(len(facts), len(_SCALAR_COMPONENTS))
     return np.concatenate([scalars, np.asarray(histograms, dtype=np.float64)], axis=1)
@@ -477,7 +480,9 @@ def _blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     height, width = images.shape[-2:]
 
     def operator(size: int) -> torch.Tensor:
-        return torch.as_tensor(_blur_operator(size, sigma_px), dtype=images.dtype, device=images.device)
+        return torch.as_tensor(
+            _blur_operator(size, sigma_px), dtype=images.dtype, device=images.device
+        )
 
     return operator(height) @ images @ operator(width).T
 
@@ -737,7 +742,9 @@ def _texture_measurements(
     weights = coverage.reshape(n, -1)
     gx, gy = _sobel(grey)
     magnitude = torch.hypot(gx, gy).reshape(n, -1)
-    tensor = _blur(torch.stack([gx * gx, gy * gy, gx * gy], 1), settings.coherence_sigma_um / texture_mpp)
+    tensor = _blur(
+        torch.stack([gx * gx, gy * gy, gx * gy], 1), settings.coherence_sigma_um / texture_mpp
+    )
     jxx, jyy, jxy = tensor.unbind(1)
     coherence = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)
     out = {
@@ -850,7 +857,9 @@ def measure(
     histograms = [np.zeros((0, STAIN_HISTOGRAM_BINS))]
     with torch.inference_mode():
         for start in range(0, len(tiles), batch_size):
-            measurements, histogram = _measure_batch(tiles[start : start + batch_size], mpp, settings, device)
+            measurements, histogram = _measure_batch(
+                tiles[start : start + batch_size], mpp, settings, device
+            )
             facts.extend(_facts(m) for m in measurements)
             histograms.append(histogram)
     return facts, raw_descriptors(facts, np.concatenate(histograms))
@@ -897,7 +906,8 @@ def _measure_tile(
     haematoxylin, eosin = hed[..., 0], hed[..., 1]
     saturation = (rgb.max(-1) - rgb.min(-1)) / np.maximum(rgb.max(-1), 1.0)
     tissue = ~(
-        (rgb.mean(-1) >= 255.0 * settings.white_min_lightness) & (saturation <= settings.white_max_saturation)
+        (rgb.mean(-1) >= 255.0 * settings.white_min_lightness)
+        & (saturation <= settings.white_max_saturation)
     )
     tissue_px = int(tissue.sum())
     tissue_mm2 = tissue_px * work_mpp**2 / 1e6
@@ -916,7 +926,9 @@ def _measure_tile(
             inside = values[tissue]
             out[f"{stain}_od_p{pct}"] = float(np.quantile(inside, pct / 100)) if tissue_px else 0.0
 
-    smoothed = ndi.gaussian_filter(haematoxylin, settings.nucleus_smoothing_um / work_mpp, mode="mirror")
+    smoothed = ndi.gaussian_filter(
+        haematoxylin, settings.nucleus_smoothing_um / work_mpp, mode="mirror"
+    )
     threshold = max(_otsu_numpy(smoothed[tissue]), settings.nucleus_od_floor)
     square = np.ones((3, 3), dtype=bool)
     # skimage's binary_opening: erosion counts outside as foreground, dilation as background.
@@ -977,10 +989,15 @@ def _measure_tile(
     gx, gy = ndi.sobel(grey, axis=1, mode="mirror"), ndi.sobel(grey, axis=0, mode="mirror")
     out["gradient_mean"], out["gradient_std"] = _weighted_stats(np.hypot(gx, gy), coverage)
     sigma = settings.coherence_sigma_um / texture_mpp
-    jxx, jyy, jxy = (ndi.gaussian_filter(a, sigma, mode="mirror") for a in (gx * gx, gy * gy, gx * gy))
+    jxx, jyy, jxy = (
+        ndi.gaussian_filter(a, sigma, mode="mirror") for a in (gx * gx, gy * gy, gx * gy)
+    )
     coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)
     out["orientation_coherence"] = _weighted_stats(coherence, coverage)[0]
-    blurred = [ndi.gaussian_filter(grey, s / texture_mpp, mode="mirror") for s in settings.bandpass_sigmas_um]
+    blurred = [
+        ndi.gaussian_filter(grey, s / texture_mpp, mode="mirror")
+        for s in settings.bandpass_sigmas_um
+    ]
     for name, (fine, coarse) in zip(("fine", "medium", "coarse"), pairwise(blurred), strict=True):
         out[f"bandpass_energy_{name}"] = _weighted_stats(np.abs(fine - coarse), coverage)[0]
 

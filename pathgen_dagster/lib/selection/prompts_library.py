@@ -62,7 +62,9 @@ class PromptLibrary:
             for alias in (site.code, site.name, *site.aliases):
                 key = _normalise(alias)
                 if lookup.setdefault(key, site.code) != site.code:
-                    raise ValueError(f"{source}: alias {alias!r} names both {lookup[key]} and {site.code}")
+                    raise ValueError(
+                        f"{source}: alias {alias!r} names both {lookup[key]} and {site.code}"
+                    )
         version = hashlib.sha256(raw).hexdigest()[:12]
         return cls(sites=sites, version=version, source=source, _lookup=lookup)
 
@@ -181,7 +183,9 @@ def load_report_findings(path: str | Path | None) -> dict[str, list[str]]:
     # Row numbers count data rows from 1, as a person reading the file would.
     for row, (slide_id, finding) in enumerate(table.iter_rows(), start=1):
         if not slide_id or not finding:
-            raise ValueError(f"report findings file {path}: row {row} has an empty slide_id or finding")
+            raise ValueError(
+                f"report findings file {path}: row {row} has an empty slide_id or finding"
+            )
         slide_findings = findings.setdefault(slide_id, [])
         if finding not in slide_findings:
             slide_findings.append(finding)

@@ -116,7 +116,9 @@ def similarity(image_emb: Embeddings, text_emb: Embeddings) -> np.ndarray:
     return 100.0 * (_unit_rows(image) @ _unit_rows(text).T)
 
 
-def attribute_scores(image_emb: Embeddings, prompt_emb: Embeddings) -> tuple[np.ndarray, np.ndarray]:
+def attribute_scores(
+    image_emb: Embeddings, prompt_emb: Embeddings
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns each tile's best similarity over the prompts and the index of that prompt.
 
     Raises:
@@ -136,14 +138,18 @@ def report_scores(image_emb: Embeddings, finding_emb: Embeddings | None) -> np.n
     return similarity(image_emb, finding_emb).sum(axis=1)
 
 
-def kmeans(embeddings: Embeddings, k: int, *, seed: int, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    embeddings: Embeddings, k: int, *, seed: int, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns int64 cluster labels (n,) and float32 centroids (min(k, n), d).
 
     Lloyd's algorithm on the L2-normalised embeddings, initialised by k-means++ with a
     seeded generator, so the same inputs and seed always give the same clusters. k is
     capped at n; duplicate points may leave a cluster empty, which keeps its centroid.
     """
-    points = torch.nn.functional.normalize(torch.as_tensor(_as_matrix(embeddings, "embeddings")), dim=1)
+    points = torch.nn.functional.normalize(
+        torch.as_tensor(_as_matrix(embeddings, "embeddings")), dim=1
+    )
     k = min(k, len(points))
     if k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, points.shape[1]), dtype=np.float32)

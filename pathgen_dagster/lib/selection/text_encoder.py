@@ -76,7 +76,8 @@ class SentenceEncoder:
         model = SentenceTransformer(str(model_dir), device=self.device, local_files_only=True)
         if model.get_embedding_dimension() != self.dim:
             raise _unavailable(
-                f"{model_dir} gives {model.get_embedding_dimension()}-d embeddings, expected {self.dim}"
+                f"{model_dir} gives {model.get_embedding_dimension()}-d embeddings, "
+                f"expected {self.dim}"
             )
         self._model = model
         return model

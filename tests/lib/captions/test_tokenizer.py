@@ -173,7 +173,9 @@ def test_matches_huggingface_clip_tokenizer(clip: ClipTokenizer) -> None:
     byte_chars = list(tokenizer_module._bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    reference = transformers.CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges)
+    reference = transformers.CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)}, merges=merges
+    )
     # HF's tokenizer skips ftfy and HTML unescaping, so compare on text both treat alike.
     for text in random_sentences(300, seed=11):
         expected = reference(text, add_special_tokens=False)["input_ids"]

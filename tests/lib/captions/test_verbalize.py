@@ -144,7 +144,9 @@ def bands_said(text: str) -> dict[str, set[str]]:
 
 
 def test_description_is_identical_for_a_seed_and_varies_across_seeds():
-    assert describe(HIGH, tissue_site="lung", seed="p1") == describe(HIGH, tissue_site="lung", seed="p1")
+    assert describe(HIGH, tissue_site="lung", seed="p1") == describe(
+        HIGH, tissue_site="lung", seed="p1"
+    )
     texts = {describe(HIGH, tissue_site="lung", seed=f"patch-{i}") for i in range(8)}
     assert len(texts) >= 6
 
@@ -331,7 +333,9 @@ def test_facts_sentence_states_every_assessable_band_the_same_way_each_time():
 
 def test_revise_states_an_absent_infiltrate_when_correcting_a_claimed_one():
     draft = "Cells are closely packed. A dense lymphocytic infiltrate surrounds them."
-    revised, edits = revise(draft, with_bands(cellularity="high", inflammation_hint="none"), seed="i")
+    revised, edits = revise(
+        draft, with_bands(cellularity="high", inflammation_hint="none"), seed="i"
+    )
     (modify,) = [e for e in edits if e["op"] == "modify"]
     assert modify["span"] == "A dense lymphocytic infiltrate surrounds them."
     assert bands_said(modify["replacement"]) == {"inflammation_hint": {"none"}}

@@ -74,7 +74,10 @@ def test_pathgen_json_has_the_public_release_shape(tmp_path: Path, pair_rows):
         "file_id": "ab" * 32,
     }
     assert records[3]["wsi_id"] == "other.slide" and records[3]["position"] == ["1008", "672"]
-    assert summary.files[0].sha256 == hashlib.sha256((tmp_path / "pathgen.json").read_bytes()).hexdigest()
+    assert (
+        summary.files[0].sha256
+        == hashlib.sha256((tmp_path / "pathgen.json").read_bytes()).hexdigest()
+    )
 
 
 def test_pathgen_json_of_no_pairs_is_an_empty_array(tmp_path: Path):
@@ -110,7 +113,9 @@ def test_webdataset_shards_read_back_with_webdataset(tmp_path: Path, pair_rows):
         "pathgen-000002.tar": 1,
     }
     # The pipeline open_clip uses: decode images to PIL, pair them with their text.
-    dataset = wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("jpg", "txt", "json")
+    dataset = (
+        wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("jpg", "txt", "json")
+    )
     samples = list(dataset)
     assert len(samples) == 5
     for (image, caption, metadata), row in zip(samples, pair_rows, strict=True):
@@ -118,7 +123,9 @@ def test_webdataset_shards_read_back_with_webdataset(tmp_path: Path, pair_rows):
         assert caption == row["caption"]
         assert metadata["pair_id"] == row["pair_id"] and metadata["x"] == row["x"]
     raw = list(wds.WebDataset(shards, shardshuffle=False))
-    assert [hashlib.sha256(s["jpg"]).hexdigest() for s in raw] == [r["image_sha256"] for r in pair_rows]
+    assert [hashlib.sha256(s["jpg"]).hexdigest() for s in raw] == [
+        r["image_sha256"] for r in pair_rows
+    ]
 
 
 def test_webdataset_is_byte_identical_on_rewrite(tmp_path: Path, pair_rows):

@@ -151,7 +151,9 @@ def test_render_per_slide_and_full_rebuild(tmp_path: Path):
     assert "WHERE s.slide_id = 'it''s-a-slide'" in one_slide
     assert "CAST(4 AS BIGINT) AS v, 'run-1' AS r" in one_slide
     assert f"'{model.sql_hash}' AS h" in one_slide
-    full = render(model, relations=relations, versions={"source": 4}, partition_key=None, run_id="r")
+    full = render(
+        model, relations=relations, versions={"source": 4}, partition_key=None, run_id="r"
+    )
     assert "WHERE TRUE" in full
     missing = render(model, relations=relations, versions={}, partition_key=None, run_id="r")
     assert "CAST(NULL AS BIGINT) AS v" in missing

@@ -116,7 +116,9 @@ def test_implications_are_transitive(lexicon: Lexicon) -> None:
         ),
     ],
 )
-def test_british_and_american_spellings(lexicon: Lexicon, british: str, american: str, term: str) -> None:
+def test_british_and_american_spellings(
+    lexicon: Lexicon, british: str, american: str, term: str
+) -> None:
     assert found(lexicon, british) == [(term, False)]
     assert found(lexicon, american) == [(term, False)]
 
@@ -143,7 +145,9 @@ def test_british_and_american_spellings(lexicon: Lexicon, british: str, american
         ("pink cytoplasm", "eosinophilic"),
     ],
 )
-def test_synonyms_and_plurals_fold_to_the_canonical_term(lexicon: Lexicon, text: str, term: str) -> None:
+def test_synonyms_and_plurals_fold_to_the_canonical_term(
+    lexicon: Lexicon, text: str, term: str
+) -> None:
     assert [t for t, _ in found(lexicon, text)] == [term]
 
 
@@ -152,7 +156,9 @@ def test_matching_ignores_case_accents_and_hyphens(lexicon: Lexicon) -> None:
     assert found(lexicon, "H\u00fcrthle cells") == [("oncocytic", False)]
     assert found(lexicon, "Hurthle cells") == [("oncocytic", False)]
     assert found(lexicon, "well-differentiated") == found(lexicon, "well differentiated")
-    assert found(lexicon, "tumour-infiltrating lymphocytes") == [("tumour-infiltrating lymphocytes", False)]
+    assert found(lexicon, "tumour-infiltrating lymphocytes") == [
+        ("tumour-infiltrating lymphocytes", False)
+    ]
     assert found(lexicon, "H&E") == [("haematoxylin and eosin", False)]
     assert found(lexicon, "high N:C ratio") == [("high nuclear-cytoplasmic ratio", False)]
 
@@ -160,7 +166,9 @@ def test_matching_ignores_case_accents_and_hyphens(lexicon: Lexicon) -> None:
 def test_longest_form_wins(lexicon: Lexicon) -> None:
     assert found(lexicon, "prominent nucleoli") == [("prominent nucleoli", False)]
     assert found(lexicon, "invasive ductal carcinoma") == [("invasive ductal carcinoma", False)]
-    assert found(lexicon, "clear cell renal cell carcinoma") == [("clear cell renal cell carcinoma", False)]
+    assert found(lexicon, "clear cell renal cell carcinoma") == [
+        ("clear cell renal cell carcinoma", False)
+    ]
     assert found(lexicon, "haematoxylin and eosin") == [("haematoxylin and eosin", False)]
     assert found(lexicon, "haematoxylin and glands") == [
         ("haematoxylin", False),
@@ -357,13 +365,17 @@ def test_synonyms_and_spellings_support_each_other(lexicon: Lexicon) -> None:
 
 def test_new_finding_is_unsupported(lexicon: Lexicon) -> None:
     result = lexicon.unsupported_claims("Glands with necrosis.", "Glands.")
-    assert result == [Claim("necrosis", "necrosis_haemorrhage_and_deposits", "unsupported", "necrosis")]
+    assert result == [
+        Claim("necrosis", "necrosis_haemorrhage_and_deposits", "unsupported", "necrosis")
+    ]
 
 
 def test_negation_flipped_both_ways(lexicon: Lexicon) -> None:
     assert claims(lexicon, "necrosis present", "no necrosis") == [("necrosis", "negation_flipped")]
     assert claims(lexicon, "no necrosis", "necrosis") == [("necrosis", "negation_flipped")]
-    assert claims(lexicon, "Necrosis is absent.", "Extensive necrosis.") == [("necrosis", "negation_flipped")]
+    assert claims(lexicon, "Necrosis is absent.", "Extensive necrosis.") == [
+        ("necrosis", "negation_flipped")
+    ]
     flipped = lexicon.unsupported_claims("There is no necrosis.", "Foci of necrosis.")
     assert flipped[0].text == "no necrosis"
 
@@ -379,7 +391,9 @@ def test_implies_supports_the_general_term(lexicon: Lexicon) -> None:
 def test_implies_through_negation(lexicon: Lexicon) -> None:
     # denying the general finding denies every specific one
     assert claims(lexicon, "no comedonecrosis", "no necrosis") == []
-    assert claims(lexicon, "comedonecrosis", "no necrosis") == [("comedonecrosis", "negation_flipped")]
+    assert claims(lexicon, "comedonecrosis", "no necrosis") == [
+        ("comedonecrosis", "negation_flipped")
+    ]
     # asserting the specific finding contradicts a denial of the general one
     assert claims(lexicon, "no necrosis", "comedonecrosis") == [("necrosis", "negation_flipped")]
 

@@ -147,7 +147,9 @@ def test_absent_report_file_means_no_findings(tmp_path: Path) -> None:
         ("f.xlsx", "", "unsupported suffix '.xlsx'"),
     ],
 )
-def test_malformed_report_file_is_explained(tmp_path: Path, name: str, content: str, message: str) -> None:
+def test_malformed_report_file_is_explained(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(ValueError, match=message) as raised:
