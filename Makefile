@@ -10,7 +10,8 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test test-vllm test-ui test-instance lint ui bench bench-vllm clean register
+# The shell wins: `?=` exports ./landing etc. only when the variable is not already set.
+.PHONY: print-env install demo test test-vllm test-ui test-instance lint ui bench bench-vllm clean register
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 install: $(VENV)/.installed
+
+print-env:
+	@echo PATHGEN_LANDING=$$PATHGEN_LANDING
+	@echo PATHGEN_LAKEHOUSE=$$PATHGEN_LAKEHOUSE
+	@echo DAGSTER_HOME=$$DAGSTER_HOME
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml | install
 	mkdir -p $(DAGSTER_HOME)
@@ -67,7 +73,7 @@ test-instance: install
 
 # Benchmarks: each prints ratios against a baseline measured in the same run.
 bench: demo
-	$(PY) scripts/bench_tiles.py $(LANDING)/synthetic-aperio-40x.svs
+	$(PY) scripts/bench_tiles.py $(LANDING)
 	$(PY) scripts/bench_morphology.py
 	$(PY) scripts/bench_agents.py --lakehouse $(LAKEHOUSE)
 	$(PY) scripts/bench_quality.py

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from pathgen_dagster.lib.ingest.registry import record_slide_error
+from pathgen_dagster.lib.ingest.registry import duplicate_reason, record_slide_error
 from pathgen_dagster.lib.ingest.sources import sha256_file
 from pathgen_dagster.lib.ingest.wsi import SlideReadError, inspect
 from pathgen_dagster.lib.schemas import SLIDES
@@ -31,18 +31,26 @@ def slides(
     try:
         info = inspect(landing_file.path)
     except SlideReadError as error:
-        record_slide_error(
-            lakehouse, slide_id, landing_file.path, stage=SLIDES.name, reason=str(error)
-        )
+        record_slide_error(lakehouse, slide_id, landing_file.path, stage=SLIDES.name, reason=str(error))
         raise dg.Failure(
             description=f"slide {slide_id!r}, stage slides: {error}. "
             "The file was recorded in slide_errors; other slides are unaffected.",
         ) from None
+    digest = sha256_file(landing_file.path)
+    same = lakehouse.read(SLIDES.name, columns=["slide_id", "sha256", "uri"]).filter(
+        (pl.col("sha256") == digest) & (pl.col("slide_id") != slide_id)
+    )
+    if not same.is_empty():
+        # Registered twice before either was materialized: the first one in wins.
+        original = same.row(0, named=True)
+        reason = duplicate_reason(landing_file.path, original["slide_id"], original["uri"], digest)
+        record_slide_error(lakehouse, slide_id, landing_file.path, stage=SLIDES.name, reason=reason)
+        raise dg.Failure(description=f"slide {slide_id!r}, stage slides: {reason}")
     row = {
         "slide_id": slide_id,
         **info.as_row(),
         "file_name": landing_file.path.name,
-        "sha256": sha256_file(landing_file.path),
+        "sha256": digest,
         "tissue_site": landing_file.tissue_site,
         "registered_at": datetime.now(UTC),
         "run_id": context.run_id,

@@ -7,10 +7,10 @@ import dagster as dg
 import polars as pl
 
 from pathgen_dagster.lib.ingest.tiling import (
+    ReadBudgetError,
     TileSizeError,
     TilingConfig,
     overlay,
-    quality_measures,
     tile_grid,
 )
 from pathgen_dagster.lib.ingest.wsi import SlideReadError, open_slide
@@ -29,8 +29,12 @@ class TilesConfig(dg.Config):
     tile_size_um: float | None = _DEFAULTS.tile_size_um
     min_tissue_fraction: float = _DEFAULTS.min_tissue_fraction
     mask_downsample: int = _DEFAULTS.mask_downsample
+    mask_min_side_px: int = _DEFAULTS.mask_min_side_px
     min_saturation: float = _DEFAULTS.min_saturation
+    candidate_fraction: float = _DEFAULTS.candidate_fraction
+    exact_band: float = _DEFAULTS.exact_band
     quality_downsample: int = _DEFAULTS.quality_downsample
+    max_read_mb: int = _DEFAULTS.max_read_mb
 
     def tiling(self) -> TilingConfig:
         return TilingConfig(**self.model_dump())
@@ -69,8 +73,7 @@ def tiles(
     try:
         with open_slide(slide["uri"]) as handle:
             grid, tissue = tile_grid(handle, config.tiling(), mpp)
-            blur, saturation = quality_measures(handle, grid, config.tiling())
-    except (SlideReadError, TileSizeError) as error:
+    except (SlideReadError, TileSizeError, ReadBudgetError) as error:
         raise dg.Failure(f"slide {slide_id!r}, stage tiles: {error}") from None
     elapsed = time.perf_counter() - started
     frame = pl.DataFrame(
@@ -87,8 +90,8 @@ def tiles(
             "mpp": mpp,
             "size_um": grid.size_px * mpp if mpp else None,
             "tissue_fraction": grid.tissue_fraction.astype("float64"),
-            "blur_variance": blur,
-            "mean_saturation": saturation,
+            "blur_variance": grid.blur_variance,
+            "mean_saturation": grid.mean_saturation,
             "run_id": context.run_id,
             "config_hash": config_hash(config),
             "upstream_version": lakehouse.version(SLIDES.name),
@@ -107,6 +110,9 @@ def tiles(
             "dagster/row_count": len(frame),
             "delta_version": version,
             "grid_cells": grid.grid_cells,
+            "cells_measured_finely": grid.candidates,
+            "mask_downsample": round(tissue.downsample, 2),
+            "saturation_threshold": round(tissue.saturation_threshold, 4),
             "tile_size_px": grid.size_px,
             "tissue_area_fraction": float(tissue.mask.mean()),
             "seconds": round(elapsed, 2),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,15 +31,67 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_register(args: argparse.Namespace) -> int:
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+class InstanceSetupError(RuntimeError):
+    """DAGSTER_HOME is not usable; the message says what to do."""
+
+
+def ensure_dagster_home(environ=os.environ) -> Path:
+    """The instance folder ``$DAGSTER_HOME``, created with the project's dagster.yaml if new.
+
+    An unset DAGSTER_HOME is refused with the command to set it: Dagster would otherwise
+    fall back to a throw-away instance and the UI would never see these runs.
+    """
+    home = environ.get("DAGSTER_HOME", "").strip()
+    if not home:
+        raise InstanceSetupError(
+            "DAGSTER_HOME is not set. Set it to the instance folder, e.g. "
+            "`export DAGSTER_HOME=$PWD/dagster_home` (make register and make ui use that one)"
+        )
+    path = Path(home)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        if not PROJECT_DAGSTER_YAML.exists():
+            raise InstanceSetupError(
+                f"DAGSTER_HOME={path} has no dagster.yaml and the project's "
+                f"{PROJECT_DAGSTER_YAML} is missing; copy one there"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_DAGSTER_YAML, config)
+        print(
+            f"created the Dagster instance {path} with {PROJECT_DAGSTER_YAML.name}; "
+            "pool limits: run deploy/set_pools.sh (make register does)",
+            file=sys.stderr,
+        )
+    return path
+
+
+def _instance():
     import dagster as dg
 
+    ensure_dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pathgen_dagster.lib.ingest.registry import LINK_ROOTS_ENV
     from pathgen_dagster.sensors import register_landing
 
-    with dg.DagsterInstance.get() as instance:
+    roots = tuple(Path(r) for r in os.environ.get(LINK_ROOTS_ENV, "").split(":") if r.strip())
+    with _instance() as instance:
         added, rejected = register_landing(
-            instance, _lakehouse(args), Path(args.landing), batch_size=args.batch_size
+            instance,
+            _lakehouse(args),
+            Path(args.landing),
+            batch_size=args.batch_size,
+            allowed_roots=roots,
         )
+        if rejected:
+            from assets.slide_errors import slide_errors_observation
+
+            instance.report_runless_asset_event(slide_errors_observation(_lakehouse(args)))
     print(f"registered {len(added)} new slide partitions: {', '.join(added) or '-'}")
     for item in rejected:
         print(f"rejected {item.path.name}: {item.reason}")
@@ -46,19 +99,33 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import dagster as dg
-
     from pathgen_dagster.partitions import SLIDES_PARTITION
-    from pathgen_dagster.runner import run_slides
+    from pathgen_dagster.runner import quiet_console, run_slides, slide_summary
 
-    with dg.DagsterInstance.get() as instance:
+    quiet_console()
+    with _instance() as instance:
         slides = args.slide or instance.get_dynamic_partitions(SLIDES_PARTITION)
-        outcomes = run_slides(instance, slides, selection=args.select, progress=print)
+        outcomes = run_slides(
+            instance,
+            slides,
+            selection=args.select,
+            progress=print,
+            isolate=not args.in_process,
+            memory_limit_mb=args.memory_limit_mb,
+        )
+    summary = slide_summary(_lakehouse(args), outcomes)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=100, tbl_width_chars=200):
+        print(summary.drop("error"))
     failed = [o for o in outcomes if not o.success]
+    no_pairs = summary.filter(pl.col("status") == "ok").filter(pl.col("pairs") == 0)
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} slides succeeded")
     for outcome in failed:
         print(f"FAILED {outcome.slide_id}: {outcome.error}")
-    return 1 if failed and args.strict else 0
+    for slide_id in no_pairs["slide"].to_list():
+        print(f"WARNING {slide_id}: 0 training pairs (see caption_quality for why)")
+    if failed and not args.allow_failures:
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -68,16 +135,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
     query = args.query if args.query != "-" else sys.stdin.read()
-    frame = _lakehouse(args).sql(query)
+    lakehouse = _lakehouse(args)
+    try:
+        frame = lakehouse.sql(query)
+    except duckdb.Error as error:
+        print(f"pathgen sql: {error}", file=sys.stderr)
+        for table, columns in _columns_of_tables(lakehouse, query).items():
+            print(f"columns of {table}: {', '.join(columns)}", file=sys.stderr)
+        return 1
     with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
         print(frame)
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    import dagster as dg
+def _columns_of_tables(lakehouse, query: str) -> dict[str, list[str]]:
+    """Columns of each existing table the query names, for a helpful error."""
+    import re
 
+    from pathgen_dagster.lib.schemas import TABLES
+
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query))
+    return {
+        name: spec.column_names
+        for name, spec in TABLES.items()
+        if name in words and lakehouse.version(name) is not None
+    }
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     from pathgen_dagster.definitions import defs
     from pathgen_dagster.runner import run_whole_dataset
 
@@ -99,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else 'group:"training_data" or group:"exports"'
     )
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
+    with _instance() as instance:
         result = run_whole_dataset(instance, selection=selection)
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
@@ -170,7 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="materialize assets for slide partitions, slide by slide")
     run.add_argument("--select", default="*", help="Dagster asset selection (default: all)")
     run.add_argument("--slide", action="append", help="slide id (repeat); default: every slide")
-    run.add_argument("--strict", action="store_true", help="exit 1 when any slide fails")
+    run.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit 0 even when slides failed (default: exit 1 when any slide failed)",
+    )
+    run.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # now the default
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the slides in this process (faster start; a crash then ends the whole run)",
+    )
+    run.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        help="cap each slide's process at this many MiB of address space (RLIMIT_AS)",
+    )
     run.set_defaults(func=cmd_run)
 
     demo = commands.add_parser("demo", help="run every stage for every slide and summarise")
@@ -201,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except InstanceSetupError as error:
+        print(f"pathgen {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dagster as dg
 
 import assets
 import quality
+from pathgen_dagster.lib.ingest.registry import LINK_ROOTS_ENV
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.llm import LLMServer
@@ -47,7 +48,10 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "llm": llm_server(),
         "lakehouse": Lakehouse(root=dg.EnvVar("PATHGEN_LAKEHOUSE")),
-        "slide_store": SlideStore(landing=dg.EnvVar("PATHGEN_LANDING")),
+        "slide_store": SlideStore(
+            landing=dg.EnvVar("PATHGEN_LANDING"),
+            allowed_link_roots=os.environ.get(LINK_ROOTS_ENV, ""),
+        ),
         "encoders": Encoders(),
     }
 

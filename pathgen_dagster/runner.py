@@ -32,8 +32,18 @@ def run_slides(
     selection: str = "*",
     log_level: str = "WARNING",
     progress: Callable[[str], None] = lambda _: None,
+    isolate: bool = False,
+    memory_limit_mb: int | None = None,
 ) -> list[SlideOutcome]:
-    """One in-process run per slide of the partitioned assets in ``selection``."""
+    """One run per slide of the partitioned assets in ``selection``.
+
+    With ``isolate`` each slide runs in its own child process (``python -m
+    pathgen_dagster.runner``), so an out-of-memory kill or a crash of one slide is recorded
+    as that slide's failure and the next slide starts; ``memory_limit_mb`` caps each
+    child's address space (RLIMIT_AS). Without it, the runs share this process.
+    """
+    if isolate:
+        return _run_isolated(slide_ids, selection, log_level, progress, memory_limit_mb)
     import time
 
     from pathgen_dagster.definitions import defs
@@ -66,6 +76,132 @@ def run_slides(
         status = "ok" if outcome.success else f"FAILED: {outcome.error}"
         progress(f"[{index}/{len(slide_ids)}] {slide_id}: {status} ({outcome.seconds:.1f}s)")
     return outcomes
+
+
+def _run_isolated(
+    slide_ids: Sequence[str],
+    selection: str,
+    log_level: str,
+    progress: Callable[[str], None],
+    memory_limit_mb: int | None,
+) -> list[SlideOutcome]:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    outcomes = []
+    for index, slide_id in enumerate(slide_ids, start=1):
+        command = [sys.executable, "-m", "pathgen_dagster.runner", slide_id]
+        command += ["--select", selection, "--log-level", log_level]
+        if memory_limit_mb:
+            command += ["--memory-limit-mb", str(memory_limit_mb)]
+        started = time.perf_counter()
+        child = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        reported = [line for line in child.stdout.splitlines() if line.startswith(_OUTCOME)]
+        if reported:
+            data = json.loads(reported[-1][len(_OUTCOME) :])
+            outcome = SlideOutcome(slide_id, data["success"], data["run_id"], seconds, data["error"])
+        elif child.returncode < 0:
+            name = signal.Signals(-child.returncode).name
+            hint = " (out of memory: the kernel's OOM killer?)" if name == "SIGKILL" else ""
+            outcome = SlideOutcome(
+                slide_id, False, None, seconds, f"the slide's process was killed by {name}{hint}"
+            )
+        else:
+            tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            outcome = SlideOutcome(
+                slide_id,
+                False,
+                None,
+                seconds,
+                f"the slide's process exited with code {child.returncode}: {tail}",
+            )
+        outcomes.append(outcome)
+        status = "ok" if outcome.success else f"FAILED: {outcome.error}"
+        progress(f"[{index}/{len(slide_ids)}] {slide_id}: {status} ({outcome.seconds:.1f}s)")
+    return outcomes
+
+
+_OUTCOME = "PATHGEN_SLIDE_OUTCOME "
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """Run one slide in this process and print its outcome as one JSON line."""
+    import argparse
+    import json
+    import resource
+
+    parser = argparse.ArgumentParser(description="run one slide (used by `pathgen run`)")
+    parser.add_argument("slide_id")
+    parser.add_argument("--select", default="*")
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--memory-limit-mb", type=int)
+    args = parser.parse_args(argv)
+    if args.memory_limit_mb:
+        limit = args.memory_limit_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    quiet_console()
+    with dg.DagsterInstance.get() as instance:
+        [outcome] = run_slides(instance, [args.slide_id], selection=args.select, log_level=args.log_level)
+    print(
+        _OUTCOME + json.dumps({"success": outcome.success, "run_id": outcome.run_id, "error": outcome.error}),
+        flush=True,
+    )
+    return 0
+
+
+def quiet_console() -> None:
+    """Keep per-slide library noise off the console: preview/beta warnings, progress bars.
+
+    The runs' own events still go to the instance (and the UI); only the terminal is spared.
+    """
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for category in ("PreviewWarning", "BetaWarning", "SupersessionWarning"):
+        cls = getattr(dg, category, None)
+        if cls is not None:
+            warnings.filterwarnings("ignore", category=cls)
+    for name in ("sentence_transformers", "transformers", "great_expectations", "tifffile"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# Per-slide counts in the final table: (column, table, filter) read from the lakehouse.
+_SUMMARY_COUNTS = (
+    ("tiles", "tiles", None),
+    ("patches", "patches", None),
+    ("pairs", "training_pairs", None),
+    ("quarantined", "caption_quality", "passed"),
+)
+
+
+def slide_summary(lakehouse, outcomes: Sequence[SlideOutcome]):
+    """One row per slide: status, tiles, patches, pairs, quarantined captions, seconds."""
+    import polars as pl
+
+    frame = pl.DataFrame(
+        {
+            "slide": [o.slide_id for o in outcomes],
+            "status": ["ok" if o.success else "FAILED" for o in outcomes],
+            "seconds": [round(o.seconds, 1) for o in outcomes],
+            "error": [o.error or "" for o in outcomes],
+        },
+        schema={"slide": pl.String, "status": pl.String, "seconds": pl.Float64, "error": pl.String},
+    )
+    for column, table, passed in _SUMMARY_COUNTS:
+        rows = lakehouse.read(table, columns=["slide_id"] + ([passed] if passed else []))
+        if passed:
+            rows = rows.filter(~pl.col(passed))
+        counts = rows.group_by("slide_id").len(name=column).rename({"slide_id": "slide"})
+        frame = frame.join(counts, on="slide", how="left").with_columns(pl.col(column).fill_null(0))
+    return frame.select("slide", "status", "tiles", "patches", "pairs", "quarantined", "seconds", "error")
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
@@ -102,3 +238,11 @@ def run_whole_dataset(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         tags={"pathgen/runner": "cli"},
     )
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+
+    sys.stdout.flush()
+    os._exit(_child_main())  # delta-rs threads can abort a normal exit (FACTS.md)

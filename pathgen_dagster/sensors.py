@@ -3,7 +3,7 @@
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -11,9 +11,11 @@ import dagster as dg
 from pathgen_dagster.lib.ingest.registry import (
     LandingFile,
     RejectedFile,
-    landing_files,
+    duplicate_reason,
     record_rejections,
+    walk_landing,
 )
+from pathgen_dagster.lib.ingest.sources import sha256_file
 from pathgen_dagster.lib.ingest.wsi import SlideReadError, inspect
 from pathgen_dagster.lib.schemas import SLIDES
 from pathgen_dagster.partitions import SLIDES_PARTITION, slide_partitions
@@ -38,25 +40,51 @@ class Discovery:
     new: list[LandingFile]
     rejected: list[RejectedFile]
     remaining: int
+    digests: dict[str, str] = field(default_factory=dict)
 
 
-def discover(landing: Path, known: set[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> Discovery:
+def discover(
+    landing: Path,
+    known: set[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    allowed_roots: tuple[Path, ...] = (),
+    known_hashes: Mapping[str, tuple[str, str]] | None = None,
+) -> Discovery:
     """Readable landing files not yet in ``known``, at most ``batch_size``; rejects recorded.
 
     Only new files are opened, so a tick over a landing zone of thousands of registered
-    slides stays cheap. Rejected files count towards the batch so a zone full of broken
-    files cannot make a tick unbounded.
+    slides stays cheap. Rejected files (unreadable, skipped links, unsupported vendors,
+    duplicates) count towards the batch so a zone full of broken files cannot make a tick
+    unbounded. A readable file whose sha256 equals a registered slide's (``known_hashes``:
+    sha256 -> (slide_id, uri)) or an earlier file's of this scan is a duplicate: recorded,
+    never registered, so the same bytes are not processed twice.
     """
-    candidates = [f for f in landing_files(landing) if f.slide_id not in known]
-    new, rejected = [], []
-    for landing_file in candidates[:batch_size]:
+    files, skipped = walk_landing(landing, allowed_roots=allowed_roots)
+    candidates = [f for f in files if f.slide_id not in known]
+    skipped = [item for item in skipped if item.slide_id not in known]
+    hashes = dict(known_hashes or {})
+    digests: dict[str, str] = {}
+    new, rejected = [], skipped[:batch_size]
+    for landing_file in candidates[: max(0, batch_size - len(rejected))]:
         try:
             inspect(landing_file.path)
         except SlideReadError as error:
             rejected.append(RejectedFile(landing_file.slide_id, landing_file.path, str(error)))
-        else:
-            new.append(landing_file)
-    return Discovery(new, rejected, remaining=max(0, len(candidates) - batch_size))
+            continue
+        digest = sha256_file(landing_file.path)
+        # The same id with the same bytes is this very slide (a re-registration), not a copy.
+        if digest in hashes and hashes[digest][0] != landing_file.slide_id:
+            original_id, original_uri = hashes[digest]
+            reason = duplicate_reason(landing_file.path, original_id, original_uri, digest)
+            rejected.append(RejectedFile(landing_file.slide_id, landing_file.path, reason))
+            continue
+        hashes[digest] = (landing_file.slide_id, str(landing_file.path))
+        digests[landing_file.slide_id] = digest
+        new.append(landing_file)
+    handled = len(new) + len(rejected)
+    remaining = max(0, len(candidates) + len(skipped) - handled)
+    return Discovery(new, rejected, remaining=remaining, digests=digests)
 
 
 def known_ids(instance: dg.DagsterInstance, lakehouse: Lakehouse) -> set[str]:
@@ -64,6 +92,12 @@ def known_ids(instance: dg.DagsterInstance, lakehouse: Lakehouse) -> set[str]:
     registered = set(instance.get_dynamic_partitions(SLIDES_PARTITION))
     errors = lakehouse.read("slide_errors", columns=["slide_id"])
     return registered | set(errors["slide_id"].to_list())
+
+
+def registered_hashes(lakehouse: Lakehouse) -> dict[str, tuple[str, str]]:
+    """sha256 -> (slide_id, uri) of every slide already in the `slides` table."""
+    rows = lakehouse.read(SLIDES.name, columns=["slide_id", "sha256", "uri"])
+    return {row["sha256"]: (row["slide_id"], row["uri"]) for row in rows.iter_rows(named=True)}
 
 
 class SlideSensorConfig(dg.Config):
@@ -147,9 +181,7 @@ class RunCursor:
             return min(self.requested, len(registered))
 
 
-def slide_partitioned_assets(
-    repository: dg.RepositoryDefinition, selection: str = "*"
-) -> list[dg.AssetKey]:
+def slide_partitioned_assets(repository: dg.RepositoryDefinition, selection: str = "*") -> list[dg.AssetKey]:
     """Keys of the materializable slide-partitioned assets in ``selection``."""
     graph = repository.asset_graph
     try:
@@ -162,8 +194,7 @@ def slide_partitioned_assets(
     keys = [
         key
         for key in selected
-        if key in graph.materializable_asset_keys
-        and graph.get(key).partitions_def == slide_partitions
+        if key in graph.materializable_asset_keys and graph.get(key).partitions_def == slide_partitions
     ]
     if not keys:
         raise ValueError(
@@ -247,18 +278,35 @@ def auto_run_requests(
 def landing_sensor(
     context: dg.SensorEvaluationContext, lakehouse: Lakehouse, slide_store: SlideStore
 ) -> dg.SensorResult:
-    discovery = discover(slide_store.path, known_ids(context.instance, lakehouse))
+    from assets.slide_errors import slide_errors_observation
+
+    discovery = discover(
+        slide_store.path,
+        known_ids(context.instance, lakehouse),
+        allowed_roots=slide_store.link_roots,
+        known_hashes=registered_hashes(lakehouse),
+    )
     record_rejections(lakehouse, discovery.rejected)
+    for item in discovery.rejected:
+        context.log.warning(f"rejected {item.slide_id}: {item.reason}")
     keys = [f.slide_id for f in discovery.new]
     settings = AutoRunSettings.from_env()
     run_requests, cursor = (
         auto_run_requests(context, keys, settings) if settings.enabled else ([], context.cursor)
     )
+    rejected_names = ", ".join(item.path.name for item in discovery.rejected)
     if keys or run_requests:
         skip_reason = None
+    elif discovery.rejected:
+        skip_reason = dg.SkipReason(
+            f"no new slides; {len(discovery.rejected)} rejected ({rejected_names}): "
+            "see the slide_errors asset for the reasons"
+        )
     else:
-        skip_reason = dg.SkipReason(f"no new slides ({len(discovery.rejected)} rejected)")
+        skip_reason = dg.SkipReason("no new slides")
     return dg.SensorResult(
+        # Rejections show on the slide_errors asset's page, not only in this tick's log.
+        asset_events=[slide_errors_observation(lakehouse)] if discovery.rejected else [],
         run_requests=run_requests,
         dynamic_partitions_requests=[slide_partitions.build_add_request(keys)] if keys else [],
         cursor=cursor,
@@ -272,14 +320,25 @@ def register_landing(
     landing: Path,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    allowed_roots: tuple[Path, ...] = (),
 ) -> tuple[list[str], list[RejectedFile]]:
     """Register every new readable slide as a partition, batch by batch (for scripts)."""
     added: list[str] = []
     all_rejected: list[RejectedFile] = []
+    hashes = registered_hashes(lakehouse)
     while True:
         discovery = discover(
-            landing, known_ids(instance, lakehouse) | set(added), batch_size=batch_size
+            landing,
+            known_ids(instance, lakehouse) | set(added) | {r.slide_id for r in all_rejected},
+            batch_size=batch_size,
+            allowed_roots=allowed_roots,
+            known_hashes=hashes,
         )
+        for landing_file in discovery.new:
+            hashes[discovery.digests[landing_file.slide_id]] = (
+                landing_file.slide_id,
+                str(landing_file.path),
+            )
         record_rejections(lakehouse, discovery.rejected)
         all_rejected += discovery.rejected
         keys = [f.slide_id for f in discovery.new]

@@ -72,14 +72,15 @@ def caption_fidelity_gate(
     results = [json.loads(value) for value in rows["rule_results_json"]]
     gate = gate_slide(slide_id, results, max_rate=config.max_severe_failure_rate)
     rates = pass_rates(results)
+    passed_captions = int(rows["passed"].sum()) if len(rows) else 0
     return dg.AssetCheckResult(
         passed=gate.passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=gate.message,
+        description=_gate_text(gate, passed_captions),
         metadata={
             "slide_id": slide_id,
             "captions": gate.captions,
-            "passed_captions": int(rows["passed"].sum()) if len(rows) else 0,
+            "passed_captions": passed_captions,
             "quarantined": int((~rows["passed"]).sum()) if len(rows) else 0,
             "severe_failures": gate.severe_failures,
             "severe_failure_rate": round(gate.severe_failure_rate, 4),
@@ -92,6 +93,23 @@ def caption_fidelity_gate(
             ),
         },
     )
+
+
+def _gate_text(gate, passed_captions: int) -> str:
+    """The gate's verdict in words that match the counts (a passed gate may still yield 0)."""
+    if not gate.passed or not gate.captions:
+        return gate.message
+    text = (
+        f"slide {gate.slide_id!r}: gate passed ({gate.severe_failures} of {gate.captions} "
+        f"captions failed severe rules, limit {gate.max_rate:.0%}); {passed_captions} of "
+        f"{gate.captions} captions passed every rule and enter training_pairs"
+    )
+    if passed_captions == 0:
+        return text + (
+            ". This slide yields NO training pairs: every caption failed a non-severe rule "
+            "(see caption_quality WHERE NOT passed)."
+        )
+    return text + "."
 
 
 @dg.asset_check(

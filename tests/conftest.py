@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pathgen_dagster.lib.ingest.samples import build_landing_zone
+from pathgen_dagster.lib.ingest.samples import build_landing_zone, write_single_level_slide  # noqa: F401
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
 
@@ -56,9 +56,7 @@ def resources(lakehouse: Lakehouse, landing: Path) -> dict:
     return {"lakehouse": lakehouse, "slide_store": SlideStore(landing=str(landing))}
 
 
-def write_blank_slide(
-    path: Path, *, width: int = 4096, height: int = 3072, mpp: float = 0.5
-) -> Path:
+def write_blank_slide(path: Path, *, width: int = 4096, height: int = 3072, mpp: float = 0.5) -> Path:
     """An all-glass pyramidal Aperio-style slide: readable, with no tissue at all."""
     description = f"Aperio Image Library v12.0.16\r\n{width}x{height}|AppMag = 20|MPP = {mpp}"
     with tifffile.TiffWriter(path, bigtiff=True) as tiff:

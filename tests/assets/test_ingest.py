@@ -28,7 +28,7 @@ def test_definitions_load():
 
     definitions = defs()
     keys = {key.to_user_string() for key in definitions.resolve_all_asset_keys()}
-    assert {"slides", "tiles"} <= keys
+    assert {"slides", "tiles", "slide_errors"} <= keys
     definitions.resolve_implicit_global_asset_job_def()
 
 
@@ -46,6 +46,15 @@ def test_sensor_registers_readable_slides_and_records_errors(instance, resources
     errors = resources["lakehouse"].read("slide_errors")
     assert sorted(errors["slide_id"]) == ["empty-upload", "notes-not-a-slide", "truncated-scan"]
     assert set(errors["stage"]) == {"registry"}
+    # The rejections reach the UI: an observation of the slide_errors asset with a preview.
+    [observation] = result.asset_events
+    assert observation.asset_key == dg.AssetKey("slide_errors")
+    assert observation.metadata["dagster/row_count"].value == 3
+    assert "truncated-scan.svs" in observation.metadata["preview"].value
+    # A tick with nothing new says so, and names no rejection twice.
+    instance.add_dynamic_partitions(SLIDES_PARTITION, list(request.partition_keys))
+    again = landing_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert again.skip_reason and again.skip_reason.skip_message == "no new slides"
 
 
 def test_register_in_capped_batches(instance, resources, landing: Path):
@@ -104,9 +113,7 @@ def test_bad_slide_fails_with_its_name_and_others_go_on(instance, resources, lan
     assert "stage slides" in str(failure.step_failure_data.error)
     lakehouse = resources["lakehouse"]
     assert lakehouse.read("slide_errors")["slide_id"].to_list() == ["synthetic-generic-20x"]
-    glass_id = next(
-        key for key in _register(instance, resources, landing) if key.startswith("all_glass")
-    )
+    glass_id = next(key for key in _register(instance, resources, landing) if key.startswith("all_glass"))
     assert materialize_slide(glass_id, instance, resources).success
     assert lakehouse.read("tiles", slide_id=glass_id).is_empty()
     assert not lakehouse.read("tiles", slide_id="CMU-1-Small-Region").is_empty()
@@ -115,3 +122,36 @@ def test_bad_slide_fails_with_its_name_and_others_go_on(instance, resources, lan
 def _register(instance, resources, landing):
     added, _ = register_landing(instance, resources["lakehouse"], landing)
     return added
+
+
+def test_same_bytes_under_two_names_are_registered_once(instance, resources, landing: Path):
+    import shutil
+
+    shutil.copyfile(landing / "CMU-1-Small-Region.svs", landing / "copy-of-cmu.svs")
+    added, rejected = register_landing(instance, resources["lakehouse"], landing)
+    assert "copy-of-cmu" not in added and "CMU-1-Small-Region" in added
+    [duplicate] = rejected
+    assert duplicate.slide_id == "copy-of-cmu"
+    assert "duplicate of slide 'CMU-1-Small-Region'" in duplicate.reason
+    assert "not processed twice" in duplicate.reason
+    errors = resources["lakehouse"].read("slide_errors")
+    assert errors.filter(slide_id="copy-of-cmu")["reason"][0] == duplicate.reason
+    # Registered again later, it stays recorded and is not re-hashed into a partition.
+    again, _ = register_landing(instance, resources["lakehouse"], landing)
+    assert again == []
+
+
+def test_a_duplicate_registered_by_hand_fails_at_slides_naming_the_original(
+    instance, resources, landing: Path
+):
+    import shutil
+
+    register_landing(instance, resources["lakehouse"], landing)
+    assert materialize_slide("CMU-1-Small-Region", instance, resources, (slides,)).success
+    shutil.copyfile(landing / "CMU-1-Small-Region.svs", landing / "late-copy.svs")
+    instance.add_dynamic_partitions(SLIDES_PARTITION, ["late-copy"])
+    result = materialize_slide("late-copy", instance, resources, (slides,))
+    assert not result.success
+    errors = resources["lakehouse"].read("slide_errors").filter(slide_id="late-copy")
+    assert "duplicate of slide 'CMU-1-Small-Region'" in errors["reason"][0]
+    assert resources["lakehouse"].read("slides", slide_id="late-copy").is_empty()

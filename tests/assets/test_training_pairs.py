@@ -35,7 +35,7 @@ from pathgen_dagster.resources.slide_store import SlideStore
 from pathgen_dagster.sensors import register_landing
 
 SLIDE_A = "CMU-1-Small-Region"
-SLIDE_B = "synthetic-aperio-20x"
+SLIDE_B = "synthetic-aperio-40x"  # enough tissue tiles for PATCHES_PER_SLIDE
 PATCHES_PER_SLIDE = 4
 # Patch positions (index in the slide's tiles) whose caption fails a quality rule.
 FAILING = (1, 3)

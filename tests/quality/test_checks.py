@@ -260,6 +260,23 @@ def test_the_gate_rate_is_configurable(instance, resources, lakehouse):
     ).success  # but not within the default 20 %
 
 
+def test_a_passed_gate_with_no_passing_caption_says_it_yields_no_pairs(
+    instance, resources, lakehouse
+):
+    write_slide(lakehouse, "first", GOOD_CAPTIONS)
+    assert materialize_quality("first", instance, resources).success
+    write_slide(lakehouse, "copies", [GOOD_CAPTIONS[0].upper()])  # a duplicate: not severe
+    result = materialize_quality("copies", instance, resources)
+    gate = evaluations(result)[checks.CAPTION_FIDELITY_GATE]
+    assert gate.passed
+    assert "0 of 1 captions passed every rule" in gate.description
+    assert "yields NO training pairs" in gate.description
+    assert "may enter training_pairs" not in gate.description
+    first = evaluations(materialize_quality("first", instance, resources))
+    text = first[checks.CAPTION_FIDELITY_GATE].description
+    assert f"{len(GOOD_CAPTIONS)} of {len(GOOD_CAPTIONS)} captions passed every rule" in text
+
+
 def test_duplicates_across_slides_are_quarantined(instance, resources, lakehouse):
     write_slide(lakehouse, "first", GOOD_CAPTIONS)
     assert materialize_quality("first", instance, resources).success

@@ -53,50 +53,112 @@ def sanitise_slide_id(stem: str, relative_path: str, *, collides: bool = False) 
     return f"{clean[: MAX_ID_LENGTH - 9]}-{digest}"
 
 
-def landing_files(landing: Path) -> list[LandingFile]:
-    """Every slide-suffixed file under ``landing``, with its id and manifest tissue site."""
-    paths = sorted(
-        path
-        for path in landing.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in SLIDE_SUFFIXES
-        and not path.name.endswith(".part")
-    )
-    stems = Counter(path.stem for path in paths)
+# Vendors a lab may have that OpenSlide 4.0 does not read: rejected with the fix.
+UNSUPPORTED_FORMATS = {
+    ".czi": "Zeiss CZI",
+    ".isyntax": "Philips iSyntax",
+    ".vsi": "Olympus VSI",
+    ".lif": "Leica LIF",
+}
+LINK_ROOTS_ENV = "PATHGEN_ALLOWED_LINK_ROOTS"
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def walk_landing(
+    landing: Path, *, allowed_roots: tuple[Path, ...] = ()
+) -> tuple[list[LandingFile], list[RejectedFile]]:
+    """Slide files under ``landing`` with their ids, and the slide-named files skipped.
+
+    Symlink policy: a link is followed only when its target resolves inside the landing
+    zone or one of ``allowed_roots`` (``PATHGEN_ALLOWED_LINK_ROOTS``, ``:``-separated);
+    a link elsewhere, a dangling link and a vendor format OpenSlide does not read are
+    skipped, each with a reason, so the caller records every one in ``slide_errors``.
+    """
+    landing = landing.resolve()
+    roots = (landing, *(Path(root).resolve() for root in allowed_roots))
+    paths, skipped = [], []
+    for path in sorted(landing.rglob("*")):
+        suffix = path.suffix.lower()
+        if path.name.endswith(".part") or path.is_dir():
+            continue
+        relative = str(path.relative_to(landing))
+        if suffix in UNSUPPORTED_FORMATS:
+            skipped.append(
+                (
+                    path,
+                    f"{path}: {UNSUPPORTED_FORMATS[suffix]} is a vendor format OpenSlide does "
+                    "not read; convert it to a tiled pyramidal OME-TIFF (e.g. with bfconvert "
+                    "or QuPath) and drop that into the landing zone",
+                )
+            )
+            continue
+        if suffix not in SLIDE_SUFFIXES:
+            continue
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.exists():
+                skipped.append((path, f"{path}: dangling symlink to {target}; restore the target"))
+                continue
+            if not _inside(target, roots):
+                skipped.append(
+                    (
+                        path,
+                        f"{path}: symlink to {target}, outside the landing zone and the "
+                        f"allowed roots; add its folder to {LINK_ROOTS_ENV} or copy the file in",
+                    )
+                )
+                continue
+        if path.is_file():
+            paths.append((path, relative))
+    stems = Counter(path.stem for path, _ in paths + [(p, "") for p, _ in skipped])
     sites = read_manifest(landing)
-    return [
-        LandingFile(
-            slide_id=sanitise_slide_id(
-                path.stem, str(path.relative_to(landing)), collides=stems[path.stem] > 1
-            ),
-            path=path,
-            tissue_site=sites.get(path.name),
-        )
-        for path in paths
+
+    def slide_id(path: Path) -> str:
+        relative = str(path.relative_to(landing))
+        return sanitise_slide_id(path.stem, relative, collides=stems[path.stem] > 1)
+
+    files = [
+        LandingFile(slide_id(path), path, sites.get(Path(relative).as_posix())) for path, relative in paths
     ]
+    rejected = [RejectedFile(slide_id(path), path, reason) for path, reason in skipped]
+    return files, rejected
+
+
+def landing_files(landing: Path, *, allowed_roots: tuple[Path, ...] = ()) -> list[LandingFile]:
+    """Every slide file under ``landing`` (symlink policy applied) with its id and site."""
+    return walk_landing(landing, allowed_roots=allowed_roots)[0]
 
 
 def read_manifest(landing: Path) -> dict[str, str]:
-    """File name -> tissue site from the optional ``manifest.csv`` of the landing zone."""
+    """Relative path -> tissue site from the optional ``manifest.csv`` of the landing zone.
+
+    ``file_name`` is the file's path relative to the landing zone (``a.svs`` at the top,
+    ``lab2/a.svs`` in a subfolder), so a file in a subfolder never takes the site of a
+    top-level file with the same name.
+    """
     manifest = landing / "manifest.csv"
     if not manifest.exists():
         return {}
     with open(manifest, newline="") as handle:
         return {
-            row["file_name"]: row["tissue_site"]
+            Path(row["file_name"].strip()).as_posix(): row["tissue_site"]
             for row in csv.DictReader(handle)
-            if row.get("tissue_site")
+            if row.get("tissue_site") and row.get("file_name")
         }
 
 
-def scan(landing: Path) -> tuple[list[LandingFile], list[RejectedFile]]:
+def scan(
+    landing: Path, *, allowed_roots: tuple[Path, ...] = ()
+) -> tuple[list[LandingFile], list[RejectedFile]]:
     """Readable slides and rejected files of the landing zone; one bad file never stops others."""
     if not landing.is_dir():
-        raise FileNotFoundError(
-            f"landing zone {landing} does not exist; run `pathgen samples {landing}`"
-        )
-    readable, rejected = [], []
-    for landing_file in landing_files(landing):
+        raise FileNotFoundError(f"landing zone {landing} does not exist; run `pathgen samples {landing}`")
+    files, rejected = walk_landing(landing, allowed_roots=allowed_roots)
+    readable = []
+    for landing_file in files:
         try:
             inspect(landing_file.path)
         except SlideReadError as error:
@@ -104,6 +166,15 @@ def scan(landing: Path) -> tuple[list[LandingFile], list[RejectedFile]]:
         else:
             readable.append(landing_file)
     return readable, rejected
+
+
+def duplicate_reason(path: Path, original_id: str, original_uri: str, sha256: str) -> str:
+    """The slide_errors reason of a file whose bytes are already registered."""
+    return (
+        f"{path}: duplicate of slide {original_id!r} ({original_uri}), same sha256 "
+        f"{sha256[:16]}...; not processed twice: its tiles and pairs come from "
+        f"{original_id!r}. Delete the copy, or ignore this row"
+    )
 
 
 class SlideTableWriter(Protocol):
@@ -130,6 +201,4 @@ def record_slide_error(
 def record_rejections(lakehouse: SlideTableWriter, rejected: list[RejectedFile]) -> None:
     """Write each rejected file to ``slide_errors`` (stage ``registry``)."""
     for item in rejected:
-        record_slide_error(
-            lakehouse, item.slide_id, item.path, stage="registry", reason=item.reason
-        )
+        record_slide_error(lakehouse, item.slide_id, item.path, stage="registry", reason=item.reason)

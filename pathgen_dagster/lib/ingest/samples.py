@@ -55,13 +55,9 @@ class SyntheticSlide:
 
 
 SYNTHETIC_SLIDES = (
-    SyntheticSlide(
-        "synthetic-aperio-40x.svs", 24_576, 20_480, 0.25, 40, True, (1, 4, 16, 64), 12, 2, 11
-    ),
+    SyntheticSlide("synthetic-aperio-40x.svs", 24_576, 20_480, 0.25, 40, True, (1, 4, 16, 64), 12, 2, 11),
     SyntheticSlide("synthetic-aperio-20x.svs", 10_240, 8_192, 0.5, 20, True, (1, 4, 16), 6, 1, 12),
-    SyntheticSlide(
-        "synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 1, 13
-    ),
+    SyntheticSlide("synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 1, 13),
 )
 
 
@@ -139,9 +135,7 @@ def blob_mask(side: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip((boundary - radius) / edge, 0.0, 1.0)
 
 
-def compose(
-    islands: list[Island], x: int, y: int, width: int, height: int, scale: int
-) -> np.ndarray:
+def compose(islands: list[Island], x: int, y: int, width: int, height: int, scale: int) -> np.ndarray:
     """RGB region at downsample ``scale``: level-0 box (x, y, width, height) * scale."""
     canvas = np.full((height, width, 3), 245.0, dtype=np.float32)
     for island in islands:
@@ -230,3 +224,37 @@ def write_faulty_files(directory: Path) -> list[Path]:
     empty = directory / "empty-upload.tiff"
     empty.write_bytes(b"")
     return [path for path in (truncated, text, empty) if path.exists()]
+
+
+def write_single_level_slide(path: Path, *, side: int = 12_000, tile: int = 512) -> Path:
+    """A large single-level tiled TIFF (no pyramid): a textured pink disc on glass.
+
+    Written tile by tile, so the writer itself never holds the image; OpenSlide reads it
+    as a generic tiled TIFF whose only level is level 0.
+    """
+    rng = np.random.default_rng(7)
+    noise = rng.integers(-25, 25, size=(tile, tile, 1), dtype=np.int16)
+    centre, radius = side / 2, side * 0.35
+
+    def tiles():
+        for top in range(0, side, tile):
+            for left in range(0, side, tile):
+                yy, xx = np.mgrid[top : top + tile, left : left + tile]
+                inside = (yy - centre) ** 2 + (xx - centre) ** 2 < radius**2
+                rgb = np.full((tile, tile, 3), 242, dtype=np.int16)
+                rgb[inside] = (200, 110, 170)
+                rgb[inside] += noise[inside]
+                yield np.clip(rgb, 0, 255).astype(np.uint8)
+
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(side, side, 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="jpeg",
+        metadata=None,
+        bigtiff=True,
+    )
+    return path

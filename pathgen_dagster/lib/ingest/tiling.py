@@ -1,13 +1,21 @@
 """Tissue detection and the tile grid: which level-0 grid cells of a slide hold tissue.
 
-Method (CLAM-style, as PathGen used): a thumbnail at 1/32 of level 0 is converted to HSV;
-the saturation channel is median-filtered and thresholded with Otsu's method (never below
-``min_saturation``, so an all-glass slide yields an empty mask instead of thresholding
-noise); very dark pixels (pen marks, scanner edges) are excluded; the mask is closed
-morphologically, small specks are removed and small holes filled. Each non-overlapping
-grid cell's tissue fraction is the mean of the mask over its footprint, computed for all
-cells at once from an integral image, so no level-0 pixels are read to decide which tiles
-to keep. Only kept tiles are read, at a reduced level, for the cheap quality measures.
+Method. A thumbnail at 1/64 of level 0 (CLAM's segmentation scale, as PathGen used; finer
+on small slides so that the thumbnail keeps at least ``mask_min_side_px`` pixels) is built
+region by region from the coarsest pyramid level that is not coarser than it, each region
+block-averaged in uint8 arithmetic, so memory is bounded by ``max_read_mb`` whatever the
+pyramid (a 40k x 40k single-level file needs no more than a 2k x 2k one). Saturation and
+value (HSV's S and V, in uint8) are median-filtered and thresholded with Otsu's method (never
+below ``min_saturation``, so an all-glass slide yields an empty mask instead of thresholding
+noise); very dark pixels (pen marks, scanner edges) are excluded; the mask is closed, small
+specks removed and small holes filled. Each grid cell's tissue fraction on the thumbnail
+comes from an integral image; every cell above ``candidate_fraction`` is then read once at
+the level nearest ``quality_downsample`` (1/8), where its tissue fraction is measured again
+with the same threshold (on level 0 when it lies near the keep threshold) and its blur and
+saturation are measured. A cell is kept when that
+finer fraction is above ``min_tissue_fraction``: the thumbnail only prunes glass, the finer
+read decides, which is what keeps borderline cells (50-70 % tissue) that a coarse mask
+drops while never keeping a cell at or below 50 %.
 """
 
 from __future__ import annotations
@@ -20,31 +28,46 @@ import openslide
 from scipy import ndimage
 from skimage import color, filters, morphology
 
-from pathgen_dagster.lib.ingest.wsi import read_rgb
+from pathgen_dagster.lib.ingest.wsi import composite_on_white, read_rgb
+
+# Bytes a read region costs per pixel: RGBA from OpenSlide plus the uint16 compositing copy.
+_BYTES_PER_READ_PIXEL = 4 + 6 + 3
 
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """How a slide is cut into tiles; every default is PathGen's.
+    """How a slide is cut into tiles; every default is PathGen's (CLAM's) or stated.
 
     Attributes:
         tile_size_px: tile side in level-0 pixels (PathGen: 672).
         tile_size_um: tile side in microns; when set it wins over ``tile_size_px`` and is
             converted with the slide's microns per pixel (672 px is 168 um at 40x).
         min_tissue_fraction: keep a tile when its tissue fraction is strictly above this.
-        mask_downsample: thumbnail scale for the tissue mask (1/32 of level 0).
-        min_saturation: lowest saturation threshold Otsu may choose.
+        mask_downsample: coarsest thumbnail scale for the tissue mask (CLAM: 1/64).
+        mask_min_side_px: the thumbnail's shorter side is at least this (small slides).
+        min_saturation: lowest saturation threshold (0-1) Otsu may choose.
         min_object_fraction: specks smaller than this fraction of a tile are removed.
-        quality_downsample: downsample at which kept tiles are read for quality measures.
+        candidate_fraction: cells above this thumbnail tissue fraction are measured finely.
+        quality_downsample: downsample at which candidate tiles are read and measured.
+        exact_band: a cell whose fraction there lies within this of ``min_tissue_fraction``
+            is measured once more on its level-0 pixels (averaging blurs tissue edges into
+            glass, so a 46 % cell can read as 52 % at 1/4).
+        max_read_mb: the most memory one region read may take; thumbnails are assembled
+            from regions of at most this size, so a slide's peak memory does not grow
+            with its size.
     """
 
     tile_size_px: int = 672
     tile_size_um: float | None = None
     min_tissue_fraction: float = 0.5
-    mask_downsample: int = 32
+    mask_downsample: int = 64
+    mask_min_side_px: int = 256
     min_saturation: float = 0.05
     min_object_fraction: float = 0.05
+    candidate_fraction: float = 0.02
+    exact_band: float = 0.1
     quality_downsample: int = 8
+    max_read_mb: int = 64
 
 
 @dataclass(frozen=True)
@@ -56,16 +79,24 @@ class TissueMask:
     downsample: float
     saturation_threshold: float
 
+    @property
+    def threshold_u8(self) -> int:
+        """The saturation threshold on the uint8 scale (a pixel is tissue when above it)."""
+        return int(round(self.saturation_threshold * 255))
+
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The kept tiles of one slide: level-0 corners, side, and tissue fractions."""
+    """The kept tiles of one slide: level-0 corners, side, tissue fractions, quality."""
 
     xs: np.ndarray
     ys: np.ndarray
     size_px: int
     tissue_fraction: np.ndarray
     grid_cells: int
+    blur_variance: np.ndarray
+    mean_saturation: np.ndarray
+    candidates: int = 0
 
     def __len__(self) -> int:
         return len(self.xs)
@@ -73,6 +104,10 @@ class TileGrid:
 
 class TileSizeError(ValueError):
     """The requested tile size cannot be applied to this slide."""
+
+
+class ReadBudgetError(ValueError):
+    """A region read would exceed the per-read memory budget."""
 
 
 def tile_side_px(config: TilingConfig, mpp: float | None) -> int:
@@ -87,35 +122,96 @@ def tile_side_px(config: TilingConfig, mpp: float | None) -> int:
     return max(1, round(config.tile_size_um / mpp))
 
 
-def read_thumbnail(slide: openslide.OpenSlide, downsample: int) -> tuple[np.ndarray, float]:
-    """RGB thumbnail at about ``downsample`` of level 0, and its exact downsample."""
-    width, height = slide.dimensions
-    size = (max(1, math.ceil(width / downsample)), max(1, math.ceil(height / downsample)))
-    level = slide.get_best_level_for_downsample(downsample)
-    region = read_rgb(slide, 0, 0, level, slide.level_dimensions[level])
-    if region.shape[1::-1] != size:
-        from PIL import Image
+def thumbnail_downsample(width: int, height: int, config: TilingConfig) -> float:
+    """The mask's scale: ``mask_downsample``, finer when the slide is small."""
+    return max(1.0, min(float(config.mask_downsample), min(width, height) / config.mask_min_side_px))
 
-        region = np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
-    return region, width / size[0]
+
+def read_thumbnail(
+    slide: openslide.OpenSlide, downsample: float, *, max_read_mb: int = TilingConfig.max_read_mb
+) -> tuple[np.ndarray, float]:
+    """RGB uint8 thumbnail at about ``downsample`` of level 0, and its exact downsample.
+
+    The coarsest level not coarser than ``downsample`` is read in regions of at most
+    ``max_read_mb`` and each region is block-averaged by the integer factor that brings it
+    to the thumbnail's scale; no full-level array ever exists.
+    """
+    level = slide.get_best_level_for_downsample(downsample)
+    level_downsample = float(slide.level_downsamples[level])
+    factor = max(1, int(downsample / level_downsample + 1e-6))
+    level_width, level_height = slide.level_dimensions[level]
+    out_width, out_height = math.ceil(level_width / factor), math.ceil(level_height / factor)
+    budget_px = max(1, (max_read_mb << 20) // _BYTES_PER_READ_PIXEL)
+    if factor * factor > budget_px:
+        raise ReadBudgetError(
+            f"one {factor}x{factor} block does not fit in max_read_mb={max_read_mb}; raise it"
+        )
+    chunk_w = min(out_width, max(1, budget_px // (factor * factor))) * factor
+    chunk_h = max(1, budget_px // chunk_w // factor) * factor
+    thumbnail = np.empty((out_height, out_width, 3), dtype=np.uint8)
+    for top in range(0, out_height * factor, chunk_h):
+        for left in range(0, out_width * factor, chunk_w):
+            width = min(chunk_w, out_width * factor - left)
+            height = min(chunk_h, out_height * factor - top)
+            rgba = np.asarray(
+                slide.read_region(
+                    (round(left * level_downsample), round(top * level_downsample)),
+                    level,
+                    (width, height),
+                )
+            )
+            rgb = composite_on_white(rgba)
+            del rgba
+            thumbnail[top // factor : (top + height) // factor, left // factor : (left + width) // factor] = (
+                block_mean(rgb, factor)
+            )
+    return thumbnail, level_downsample * factor
+
+
+def block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 mean of each ``factor`` x ``factor`` block (the sides are multiples of it)."""
+    if factor == 1:
+        return rgb
+    height, width = rgb.shape[0] // factor, rgb.shape[1] // factor
+    sums = rgb.reshape(height, factor, width, factor, 3).sum(axis=(1, 3), dtype=np.uint32)
+    return ((sums + factor * factor // 2) // (factor * factor)).astype(np.uint8)
+
+
+def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation and value of an RGB uint8 array, both uint8 (0-255)."""
+    # Pairwise maximum/minimum of the channels: numpy's reduce over a length-3 last axis is
+    # an order of magnitude slower on large arrays.
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high = np.maximum(np.maximum(red, green), blue)
+    low = np.minimum(np.minimum(red, green), blue)
+    saturation = (high.astype(np.uint16) - low) * 255 // np.maximum(high, 1)
+    return saturation.astype(np.uint8), high
+
+
+_MIN_VALUE = round(0.15 * 255)  # darker than this is pen ink or the scanner's edge
+
+
+def tissue_pixels(rgb: np.ndarray, threshold_u8: int) -> np.ndarray:
+    """Boolean: which pixels are tissue under the slide's saturation threshold."""
+    saturation, value = saturation_value(rgb)
+    return (saturation > threshold_u8) & (value > _MIN_VALUE)
 
 
 def tissue_mask(thumbnail: np.ndarray, downsample: float, config: TilingConfig) -> TissueMask:
-    """The tissue mask of an RGB thumbnail (see the module docstring for the method)."""
-    hsv = color.rgb2hsv(thumbnail)
-    saturation = ndimage.median_filter(hsv[..., 1], size=5)
-    value = hsv[..., 2]
-    threshold = config.min_saturation
-    if float(saturation.max()) > config.min_saturation:
-        threshold = max(threshold, float(filters.threshold_otsu(saturation)))
-    mask = (saturation > threshold) & (value > 0.15)
+    """The tissue mask of an RGB uint8 thumbnail (see the module docstring for the method)."""
+    saturation, value = saturation_value(thumbnail)
+    saturation = ndimage.median_filter(saturation, size=5)
+    threshold = math.ceil(config.min_saturation * 255)
+    if int(saturation.max()) > threshold:
+        threshold = max(threshold, int(filters.threshold_otsu(saturation)))
+    mask = (saturation > threshold) & (value > _MIN_VALUE)
     mask = morphology.closing(mask, morphology.disk(2))
     tile_area_thumb = (config.tile_size_px / downsample) ** 2
     min_size = max(4, int(config.min_object_fraction * tile_area_thumb))
     mask = morphology.remove_small_objects(mask, max_size=min_size)
     mask = morphology.remove_small_holes(mask, max_size=min_size)
     return TissueMask(
-        mask=mask, thumbnail=thumbnail, downsample=downsample, saturation_threshold=threshold
+        mask=mask, thumbnail=thumbnail, downsample=downsample, saturation_threshold=threshold / 255
     )
 
 
@@ -125,7 +221,7 @@ def grid_tissue_fractions(
     """Level-0 corners and tissue fraction of every full grid cell, from an integral image."""
     xs = np.arange(0, width - size_px + 1, size_px)
     ys = np.arange(0, height - size_px + 1, size_px)
-    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
 
     def edges(starts: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
         low = np.clip(np.floor(starts / downsample).astype(int), 0, limit)
@@ -145,46 +241,79 @@ def grid_tissue_fractions(
 def tile_grid(
     slide: openslide.OpenSlide, config: TilingConfig, mpp: float | None
 ) -> tuple[TileGrid, TissueMask]:
-    """The kept tiles of ``slide`` and the tissue mask they were chosen from."""
+    """The kept tiles of ``slide`` (with their quality measures) and the tissue mask."""
     size_px = tile_side_px(config, mpp)
     width, height = slide.dimensions
     if size_px > min(width, height):
         raise TileSizeError(f"tile side {size_px}px exceeds the slide ({width}x{height}px)")
-    thumbnail, downsample = read_thumbnail(slide, config.mask_downsample)
+    thumbnail, downsample = read_thumbnail(
+        slide, thumbnail_downsample(width, height, config), max_read_mb=config.max_read_mb
+    )
     tissue = tissue_mask(thumbnail, downsample, config)
-    xs, ys, fractions = grid_tissue_fractions(tissue.mask, downsample, width, height, size_px)
-    keep = fractions > config.min_tissue_fraction
-    grid = TileGrid(xs[keep], ys[keep], size_px, fractions[keep], grid_cells=len(xs))
+    xs, ys, coarse = grid_tissue_fractions(tissue.mask, downsample, width, height, size_px)
+    candidate = coarse > config.candidate_fraction
+    xs, ys = xs[candidate], ys[candidate]
+    fraction, blur, saturation = measure_cells(slide, xs, ys, size_px, tissue, config)
+    keep = fraction > config.min_tissue_fraction
+    grid = TileGrid(
+        xs[keep],
+        ys[keep],
+        size_px,
+        fraction[keep],
+        grid_cells=len(coarse),
+        blur_variance=blur[keep],
+        mean_saturation=saturation[keep],
+        candidates=int(candidate.sum()),
+    )
     return grid, tissue
 
 
-def quality_measures(
-    slide: openslide.OpenSlide, grid: TileGrid, config: TilingConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blur (variance of the Laplacian) and mean saturation of each kept tile.
+def measure_cells(
+    slide: openslide.OpenSlide,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    size_px: int,
+    tissue: TissueMask,
+    config: TilingConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue fraction, blur (variance of the Laplacian) and mean saturation of each cell.
 
-    Tiles are read at the level nearest ``quality_downsample`` rather than level 0: both
-    measures are only screens, and this keeps the cost a small fraction of a level-0 read.
+    Cells are read at the level nearest ``quality_downsample`` rather than level 0: the
+    measures need texture, not full resolution, and this keeps the cost a small fraction of
+    a level-0 read. Cells near the keep threshold are measured on level 0 (``exact_band``).
+    Each read is one cell, far below ``max_read_mb``.
     """
     level = slide.get_best_level_for_downsample(config.quality_downsample)
-    level_downsample = slide.level_downsamples[level]
-    side = max(8, round(grid.size_px / level_downsample))
-    blur = np.empty(len(grid))
-    saturation = np.empty(len(grid))
-    for index, (x, y) in enumerate(zip(grid.xs.tolist(), grid.ys.tolist(), strict=True)):
+    side = max(8, round(size_px / slide.level_downsamples[level]))
+    reduce = max(1, min(side // 8, int(config.quality_downsample / slide.level_downsamples[level])))
+    if size_px * size_px * _BYTES_PER_READ_PIXEL > config.max_read_mb << 20:
+        raise ReadBudgetError(
+            f"a {size_px}x{size_px} px level-0 tile read exceeds max_read_mb={config.max_read_mb}; "
+            "raise it or use a smaller tile size"
+        )
+    fraction = np.empty(len(xs))
+    blur = np.empty(len(xs))
+    saturation = np.empty(len(xs))
+    for index, (x, y) in enumerate(zip(xs.tolist(), ys.tolist(), strict=True)):
         rgb = read_rgb(slide, x, y, level, (side, side))
-        grey = color.rgb2gray(rgb)
-        blur[index] = float(ndimage.laplace(grey).var())
-        saturation[index] = float(color.rgb2hsv(rgb)[..., 1].mean())
-    return blur, saturation
+        sat, value = saturation_value(rgb)
+        fraction[index] = float(((sat > tissue.threshold_u8) & (value > _MIN_VALUE)).mean())
+        if level and abs(fraction[index] - config.min_tissue_fraction) <= config.exact_band:
+            full = read_rgb(slide, x, y, 0, (size_px, size_px))
+            fraction[index] = float(tissue_pixels(full, tissue.threshold_u8).mean())
+        # Quality screens are measured at about 1/quality_downsample whatever the pyramid,
+        # so blur values of a single-level file and a pyramid compare.
+        small = block_mean(rgb[: side // reduce * reduce, : side // reduce * reduce], reduce)
+        blur[index] = float(ndimage.laplace(color.rgb2gray(small)).var())
+        saturation[index] = float(saturation_value(small)[0].mean()) / 255
+    return fraction, blur, saturation
 
 
-def overlay(tissue: TissueMask, grid: TileGrid, max_side: int = 768) -> np.ndarray:
+def overlay(tissue: TissueMask, grid: TileGrid, *, max_side: int = 768, min_side: int = 512) -> np.ndarray:
     """RGB picture of the thumbnail with the tissue mask tinted and kept tiles outlined."""
-    image = tissue.thumbnail.astype(np.float32)
-    tint = np.array([40.0, 160.0, 60.0])
-    image[tissue.mask] = 0.65 * image[tissue.mask] + 0.35 * tint
-    image = image.astype(np.uint8)
+    image = tissue.thumbnail.copy()
+    tint = np.array([40, 160, 60], dtype=np.uint16)
+    image[tissue.mask] = ((65 * image[tissue.mask].astype(np.uint16) + 35 * tint) // 100).astype(np.uint8)
     side = max(1, round(grid.size_px / tissue.downsample))
     for x, y in zip(grid.xs.tolist(), grid.ys.tolist(), strict=True):
         x0, y0 = round(x / tissue.downsample), round(y / tissue.downsample)
@@ -192,10 +321,35 @@ def overlay(tissue: TissueMask, grid: TileGrid, max_side: int = 768) -> np.ndarr
         y1 = min(image.shape[0] - 1, y0 + side - 1)
         image[y0 : y1 + 1, [x0, x1]] = (20, 60, 200)
         image[[y0, y1], x0 : x1 + 1] = (20, 60, 200)
-    scale = max(image.shape[:2]) / max_side
-    if scale > 1:
+    # Large thumbnails shrink to max_side; small ones (a 20x biopsy) are enlarged to
+    # min_side so the UI does not show a stamp.
+    longest = max(image.shape[:2])
+    scale = longest / max_side if longest > max_side else min(1.0, longest / min_side)
+    if scale != 1:
         from PIL import Image
 
-        size = (round(image.shape[1] / scale), round(image.shape[0] / scale))
-        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+        size = (max(1, round(image.shape[1] / scale)), max(1, round(image.shape[0] / scale)))
+        resample = Image.Resampling.LANCZOS if scale > 1 else Image.Resampling.NEAREST
+        image = np.asarray(Image.fromarray(image).resize(size, resample))
     return image
+
+
+def level0_tissue_fractions(
+    slide: openslide.OpenSlide, size_px: int, threshold_u8: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference: every grid cell's tissue fraction measured on all of its level-0 pixels.
+
+    The slow, exact measure that the thumbnail method is judged against (recall, purity);
+    one cell per read, so memory stays bounded.
+    """
+    width, height = slide.dimensions
+    xs = np.arange(0, width - size_px + 1, size_px)
+    ys = np.arange(0, height - size_px + 1, size_px)
+    grid_x, grid_y = (axis.ravel() for axis in np.meshgrid(xs, ys, indexing="xy"))
+    fractions = np.array(
+        [
+            tissue_pixels(read_rgb(slide, int(x), int(y), 0, (size_px, size_px)), threshold_u8).mean()
+            for x, y in zip(grid_x, grid_y, strict=True)
+        ]
+    )
+    return grid_x, grid_y, fractions

@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +11,13 @@ from pathgen_dagster.lib.ingest.tiling import (
     TileSizeError,
     TilingConfig,
     grid_tissue_fractions,
+    level0_tissue_fractions,
     tile_grid,
     tile_side_px,
     tissue_mask,
 )
 from pathgen_dagster.lib.ingest.wsi import read_rgb
-from tests.conftest import write_blank_slide
+from tests.conftest import write_blank_slide, write_single_level_slide
 
 
 def test_real_cmu_slide_tiles_sit_on_tissue(cmu_slide: Path):
@@ -67,9 +71,7 @@ def test_glass_only_slide_has_no_tiles(tmp_path: Path):
 def test_grid_fraction_of_a_half_covered_tile():
     mask = np.zeros((64, 64), dtype=bool)
     mask[:, :32] = True  # left half of the slide is tissue
-    xs, ys, fractions = grid_tissue_fractions(
-        mask, downsample=32, width=2048, height=2048, size_px=1024
-    )
+    xs, ys, fractions = grid_tissue_fractions(mask, downsample=32, width=2048, height=2048, size_px=1024)
     assert fractions.reshape(2, 2)[:, 0].tolist() == [1.0, 1.0]
     assert fractions.reshape(2, 2)[:, 1].tolist() == [0.0, 0.0]
     assert xs.tolist() == [0, 1024, 0, 1024]
@@ -82,3 +84,63 @@ def test_mask_ignores_glass_and_pen_black():
     mask = tissue_mask(thumbnail, 32.0, TilingConfig()).mask
     assert mask[30:50, 30:50].all()
     assert not mask[85, 85] and not mask[5, 5]
+
+
+@pytest.mark.parametrize(
+    "name", ["CMU-1-Small-Region.svs", "synthetic-aperio-20x.svs", "synthetic-generic-20x.tiff"]
+)
+def test_kept_tiles_match_a_level0_reference(sample_landing: Path, name: str):
+    """Recall >= 0.95 of the cells a level-0 measure puts above 50 %, and none at or below."""
+    with openslide.OpenSlide(str(sample_landing / name)) as slide:
+        mpp = float(slide.properties["openslide.mpp-x"])
+        grid, tissue = tile_grid(slide, TilingConfig(), mpp)
+        xs, ys, reference = level0_tissue_fractions(slide, grid.size_px, tissue.threshold_u8)
+    truth = {(x, y): f for x, y, f in zip(xs.tolist(), ys.tolist(), reference, strict=True)}
+    kept = set(zip(grid.xs.tolist(), grid.ys.tolist(), strict=True))
+    positive = {cell for cell, fraction in truth.items() if fraction > 0.5}
+    assert positive, "the reference finds tissue"
+    assert len(kept & positive) / len(positive) >= 0.95
+    assert all(truth[cell] > 0.5 for cell in kept), "a kept tile holds <= 50 % tissue"
+
+
+_PEAK_RSS_CHILD = """
+import json, sys
+import openslide
+from pathgen_dagster.lib.ingest.tiling import TilingConfig, tile_grid
+from pathgen_dagster.lib.ingest.wsi import inspect
+def high_water_mib():
+    # VmHWM belongs to this process image; ru_maxrss survives exec from the parent.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+before = high_water_mib()
+inspect(sys.argv[1])
+with openslide.OpenSlide(sys.argv[1]) as slide:
+    grid, tissue = tile_grid(slide, TilingConfig(), None)
+print(json.dumps({"before_mib": before, "peak_mib": high_water_mib(), "kept": len(grid),
+    "cells": grid.grid_cells, "tissue": float(tissue.mask.mean())}))
+"""
+
+
+def test_large_single_level_tiff_stays_under_the_memory_ceiling(tmp_path: Path):
+    """Registration + tiling of a 12k x 12k single-level TIFF: peak RSS measured in a child.
+
+    The old path read the whole level in one region and made float copies (5.7 GB for this
+    file); the ceiling asserted here is a generous 1 GiB for the whole process.
+    """
+    path = write_single_level_slide(tmp_path / "single-level.tiff", side=12_000)
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_count == 1 and slide.dimensions == (12_000, 12_000)
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(measured)
+    assert measured["peak_mib"] < 1024, measured
+    # The image is 144 Mpx (576 MB as RGBA): the tiling itself added far less than that.
+    assert measured["peak_mib"] - measured["before_mib"] < 400, measured
+    # The disc covers about 38 % of the slide; its interior cells are kept.
+    assert 0.3 < measured["tissue"] < 0.45 and measured["kept"] > 0.25 * measured["cells"]
