@@ -220,12 +220,15 @@ class ChatClient:
     def _stop_reason(self) -> str | None:
         """The reason to send nothing more, recording a passed stage deadline."""
         with self._lock:
-            if self._stopped is None and self._stage_deadline is not None:
-                if time.monotonic() >= self._stage_deadline:
-                    self._stopped = (
-                        f"stage deadline of {self.stage_deadline_s:g} s reached"
-                        f" ({self.base_url} answered too slowly or not at all)"
-                    )
+            if (
+                self._stopped is None
+                and self._stage_deadline is not None
+                and time.monotonic() >= self._stage_deadline
+            ):
+                self._stopped = (
+                    f"stage deadline of {self.stage_deadline_s:g} s reached"
+                    f" ({self.base_url} answered too slowly or not at all)"
+                )
             return self._stopped
 
     def _record_attempt(self, error: str | None) -> None:
