@@ -109,6 +109,9 @@ def run_stage(
                 AGENTS[agent_name], items, session=session, cache=cache, config=config.agent()
             )
             stopped = session.client.stopped if session is not None else None
+            exited = session.server_exit() if session is not None else None
+            if exited is not None:  # say that the server died, not only "ConnectError"
+                stopped = f"{exited}\n(client: {stopped or 'requests failed'})"
     finally:
         writer.flush()  # answers already received survive a crash mid-slide
     if stopped is not None:

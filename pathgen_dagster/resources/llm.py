@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +45,8 @@ class Session:
     vision: bool
     client: ChatClient
     stop: tuple[str, ...] = ()
+    # How a server this session started ended, when it died under the session (else None).
+    server_exit: Callable[[], str | None] = lambda: None
 
 
 class LLMServer(dg.ConfigurableResource):
@@ -118,7 +120,9 @@ class LLMServer(dg.ConfigurableResource):
                 ) as server,
                 self._client(server.base_url) as client,
             ):
-                yield Session("embedded", server.model_id, False, client, tuple(self.stop))
+                yield Session(
+                    "embedded", server.model_id, False, client, tuple(self.stop), server.exit_report
+                )
         elif self.base_url:
             try:
                 wait_until_ready(
