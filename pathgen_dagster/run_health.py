@@ -209,7 +209,8 @@ class NeedsRerun:
 
 
 def slides_needing_rerun(instance: dg.DagsterInstance, *, limit: int = 1000) -> list[NeedsRerun]:
-    """Slides whose most recent run failed because its process died and nothing re-ran it."""
+    """Slides whose most recent run failed because its process died and nothing re-ran it
+    (a retry of it carries ``dagster/parent_run_id``)."""
     records = instance.get_run_records(limit=limit, order_by="create_timestamp", ascending=False)
     latest: dict[tuple[str, frozenset], dg.DagsterRun] = {}
     retried = {r.dagster_run.tags.get(PARENT_RUN_TAG) for r in records} - {None}
@@ -222,7 +223,12 @@ def slides_needing_rerun(instance: dg.DagsterInstance, *, limit: int = 1000) -> 
         latest.setdefault(key, run)  # newest first
     out = []
     for (slide, selection), run in sorted(latest.items(), key=lambda kv: kv[0][0]):
-        died = run.tags.get("dagster/failure_reason") in ("UNEXPECTED_TERMINATION", "RUN_WORKER_RESTART")
+        # Dagster tags a run it means to retry (a dead worker, not a raising step) will_retry;
+        # a backfill that had already finished then skips the retry ("terminal state").
+        died = run.tags.get("dagster/failure_reason") in (
+            "UNEXPECTED_TERMINATION",
+            "RUN_WORKER_RESTART",
+        ) or run.tags.get("dagster/will_retry") == "true"
         if run.status == dg.DagsterRunStatus.FAILURE and died and run.run_id not in retried:
             keys = tuple(sorted(key.to_user_string() for key in selection))
             out.append(NeedsRerun(slide, run.run_id, run.tags.get(BACKFILL_TAG), keys))
