@@ -79,6 +79,7 @@ bench: demo
 	$(PY) scripts/bench_quality.py
 	$(PY) scripts/bench_training_pairs.py
 	$(PY) scripts/bench_instructions.py --lakehouse $(LAKEHOUSE)
+	$(PY) scripts/bench_hung_server.py
 
 # vLLM CPU throughput, 1 vs 8 requests in flight.
 bench-vllm: $(VLLM_MODEL)/.ready

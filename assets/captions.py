@@ -35,6 +35,10 @@ from pathgen_dagster.resources.llm import LLMServer
 
 _AGENT = AgentConfig()
 CACHE_FLUSH_EVERY = 16
+# Answers are also committed once the oldest unsaved one is this old, so a SIGKILL loses
+# at most CACHE_FLUSH_EVERY - 1 answers or CACHE_FLUSH_AFTER_S seconds of answers, whichever
+# is fewer (with slow answers, about one).
+CACHE_FLUSH_AFTER_S = 5.0
 
 
 class AgentsConfig(dg.Config):
@@ -56,12 +60,22 @@ class AgentsConfig(dg.Config):
 class CacheWriter:
     """Model answers appended to ``llm_responses`` as they arrive, in small commits."""
 
-    def __init__(self, lakehouse: Lakehouse, slide_id: str):
+    def __init__(
+        self,
+        lakehouse: Lakehouse,
+        slide_id: str,
+        *,
+        every: int = CACHE_FLUSH_EVERY,
+        after_s: float = CACHE_FLUSH_AFTER_S,
+    ):
         self.lakehouse, self.slide_id, self.buffer = lakehouse, slide_id, []
+        self.every, self.after_s, self.oldest = every, after_s, 0.0
 
     def __call__(self, entry: dict) -> None:
+        if not self.buffer:
+            self.oldest = time.monotonic()
         self.buffer.append({**entry, "slide_id": self.slide_id, "created_at": datetime.now(UTC)})
-        if len(self.buffer) >= CACHE_FLUSH_EVERY:
+        if len(self.buffer) >= self.every or time.monotonic() - self.oldest >= self.after_s:
             self.flush()
 
     def flush(self) -> None:
@@ -94,8 +108,23 @@ def run_stage(
             outputs = run_agent(
                 AGENTS[agent_name], items, session=session, cache=cache, config=config.agent()
             )
+            stopped = session.client.stopped if session is not None else None
+            exited = session.server_exit() if session is not None else None
+            if exited is not None:  # say that the server died, not only "ConnectError"
+                stopped = f"{exited}\n(client: {stopped or 'requests failed'})"
     finally:
         writer.flush()  # answers already received survive a crash mid-slide
+    if stopped is not None:
+        # Not retried: the step would hold the model pool for another round of timeouts.
+        raise dg.Failure(
+            description=(
+                f"slide {slide_id}, stage {agent_name}: stopped asking the model server"
+                f" ({llm.backend}): {stopped}. Answers received so far are kept in"
+                f" {LLM_RESPONSES.name} and are not asked again. Fix: check the server"
+                " (its log, `curl <url>/v1/models`), then re-run the slide."
+            ),
+            allow_retries=False,
+        )
     elapsed = time.perf_counter() - started
     stats = {
         "seconds": round(elapsed, 2),

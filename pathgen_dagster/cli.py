@@ -128,6 +128,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pathgen_dagster import run_health
+
+    with dg.DagsterInstance.get() as instance:
+        cleared = run_health.clear_dead_runs(instance) if args.clear_dead else None
+        running = run_health.runs_in_progress(instance)
+        reruns = run_health.slides_needing_rerun(instance)
+    for line in run_health.format_report(running, reruns, cleared):
+        print(line)
+    return 1 if any(h.state == "dead" for h in running) else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathgen_dagster.demo import run_demo
 
@@ -275,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap each slide's process at this many MiB of address space (RLIMIT_AS)",
     )
     run.set_defaults(func=cmd_run)
+
+    runs = commands.add_parser(
+        "runs", help="runs in progress, dead runs (process gone) and slides to re-run"
+    )
+    runs.add_argument(
+        "--clear-dead",
+        action="store_true",
+        help="mark runs whose process is gone FAILED and free the pool slots they hold",
+    )
+    runs.set_defaults(func=cmd_runs)
 
     demo = commands.add_parser("demo", help="run every stage for every slide and summarise")
     demo.set_defaults(func=cmd_demo)

@@ -16,6 +16,7 @@ from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.llm import LLMServer
 from pathgen_dagster.resources.slide_store import SlideStore
+from pathgen_dagster.run_health import run_health_sensor
 from pathgen_dagster.sensors import landing_sensor
 
 # At most this many steps of one run execute at once: tile reads and model calls are
@@ -61,14 +62,22 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_package_module(assets),
         asset_checks=dg.load_asset_checks_from_package_module(quality),
-        sensors=[landing_sensor],
+        sensors=[landing_sensor, run_health_sensor],
         resources=resources(),
         executor=dg.multiprocess_executor.configured(
             {
                 "max_concurrent": MAX_CONCURRENT_STEPS,
                 # Steps fork from a server that has imported the code location once: a fresh
                 # interpreter per step re-imported torch and great-expectations (8-17 s a step).
-                "start_method": {"forkserver": {"preload_modules": ["pathgen_dagster.definitions"]}},
+                # process_guard first: the forkserver and its steps die with the run worker.
+                "start_method": {
+                    "forkserver": {
+                        "preload_modules": [
+                            "pathgen_dagster.process_guard",
+                            "pathgen_dagster.definitions",
+                        ]
+                    }
+                },
             }
         ),
     )

@@ -46,6 +46,9 @@ def run_slides(
         return _run_isolated(slide_ids, selection, log_level, progress, memory_limit_mb)
     import time
 
+    from dagster._core.utils import make_new_run_id
+
+    from pathgen_dagster import run_health
     from pathgen_dagster.definitions import defs
 
     definitions = defs()
@@ -55,17 +58,22 @@ def run_slides(
     partitioned = {key for key in selected if graph.get(key).partitions_def is not None}
     job = definitions.resolve_implicit_global_asset_job_def()
     outcomes = []
+    for line in run_health.clear_dead_runs(instance).lines():  # a killed earlier run's slots
+        progress(line)
     for index, slide_id in enumerate(slide_ids, start=1):
         started = time.perf_counter()
         try:
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=slide_id,
-                asset_selection=sorted(partitioned),
-                raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-                tags={"pathgen/runner": "cli"},
-            )
+            run_id = make_new_run_id()
+            with run_health.watch_run(instance, run_id, lambda line, s=slide_id: progress(f"{s}: {line}")):
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=slide_id,
+                    asset_selection=sorted(partitioned),
+                    raise_on_error=False,
+                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                    tags={"pathgen/runner": "cli", **run_health.run_tags()},
+                    run_id=run_id,
+                )
             error = None if result.success else _first_error(result)
             outcome = SlideOutcome(
                 slide_id, result.success, result.run_id, time.perf_counter() - started, error
@@ -218,6 +226,7 @@ def run_whole_dataset(
     instance: dg.DagsterInstance, *, selection: str = "*", log_level: str = "WARNING"
 ) -> dg.ExecuteInProcessResult:
     """One in-process run of the unpartitioned assets in ``selection`` (summaries, exports)."""
+    from pathgen_dagster import run_health
     from pathgen_dagster.definitions import defs
 
     definitions = defs()
@@ -236,7 +245,7 @@ def run_whole_dataset(
         asset_selection=whole,
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        tags={"pathgen/runner": "cli"},
+        tags={"pathgen/runner": "cli", **run_health.run_tags()},
     )
 
 

@@ -9,6 +9,7 @@ committed table version so rows downstream can record what they were built from.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -131,11 +132,77 @@ def append(uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame) -> int:
     return _commit(uri, table, spec, predicate=None, mode="append")
 
 
+LOW_SPACE_BYTES = 1 << 20
+"""Free space under which a failed write is put down to a full disk."""
+
+
+class StorageError(OSError):
+    """A write the file system refused (disk full, read-only, no permission); the message
+    names the table, the slide, the path and the fix, and partial files are removed."""
+
+
+# (what the OS said, as delta-rs quotes it) -> (what happened, the fix)
+_STORAGE_FAULTS = (
+    (("os error 28", "No space left on device"), "the disk is full", "free space on it"),
+    (("os error 30", "Read-only file system"), "the file system is read-only", "remount it read-write"),
+    (("os error 13", "Permission denied"), "permission denied", "make it writable for this user"),
+    (("os error 122", "Disk quota exceeded"), "the disk quota is exceeded", "raise the quota"),
+)
+
+
+def _file_system_state(uri: str) -> str | None:
+    """What the file system under ``uri`` says when delta-rs did not (a failed commit
+    reads only "Generic LocalFileSystem error"): read-only, full, or None."""
+    path = Path(uri)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    if stats.f_flag & os.ST_RDONLY:
+        return "Read-only file system"
+    if stats.f_bavail * stats.f_frsize < LOW_SPACE_BYTES:
+        return "No space left on device"
+    return None
+
+
+def _data_files(folders: list[Path]) -> set[Path]:
+    return {path for folder in folders if folder.is_dir() for path in folder.glob("*.parquet")}
+
+
+def _storage_error(
+    error: Exception, uri: str, spec: TableSpec, slide_ids: list[str], removed: int
+) -> StorageError | None:
+    text = str(error)
+    for needles, what, fix in _STORAGE_FAULTS:
+        if any(needle in text for needle in needles) or needles[1] == _file_system_state(uri):
+            slides = ", ".join(slide_ids[:3]) + (" ..." if len(slide_ids) > 3 else "") or "-"
+            return StorageError(
+                f"table {spec.name!r} (slide {slides}): {what} at {uri}; nothing was committed"
+                f" and {removed} partial file(s) were removed. Fix: {fix} ({uri}), then re-run"
+                f" the slide. delta-rs said: {text[:300]}"
+            )
+    return None
+
+
 def _commit(
     uri: str, table: pa.Table, spec: TableSpec, *, predicate: str | None, mode: str = "overwrite"
 ) -> int:
-    Path(uri).mkdir(parents=True, exist_ok=True)
+    has_slide = "slide_id" in table.column_names
+    slide_ids = sorted(set(table.column("slide_id").to_pylist())) if has_slide else []
+    try:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _storage_error(error, uri, spec, slide_ids, 0) or error from error
+    # The folders this write puts data files into, to remove what a failed write left.
+    folders = (
+        [Path(uri) / f"slide_id={slide}" for slide in slide_ids]
+        if list(spec.partition_by) == ["slide_id"]
+        else [Path(uri)]
+    )
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        before = _data_files(folders)
         try:
             write_deltalake(
                 uri,
@@ -151,7 +218,31 @@ def _commit(
                 raise
             # Another writer committed first (optimistic concurrency): back off and retry.
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        except Exception as error:
+            if _storage_error(error, uri, spec, slide_ids, 0) is None:
+                raise
+            # Nothing was committed: files this attempt wrote are referenced by no version.
+            removed = _remove_unreferenced(uri, _data_files(folders) - before)
+            raise _storage_error(error, uri, spec, slide_ids, removed) from error
     raise AssertionError("unreachable")
+
+
+def _remove_unreferenced(uri: str, created: set[Path]) -> int:
+    """Deletes the files a failed write created that no table version references."""
+    if not created:
+        return 0
+    try:
+        referenced = {Path(f.removeprefix("file://")) for f in DeltaTable(uri).file_uris()}
+    except TableNotFoundError:
+        referenced = set()
+    removed = 0
+    for path in created - referenced:
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:  # a read-only file system keeps what it refused to finish
+            pass
+    return removed
 
 
 def _quote(value: str) -> str:

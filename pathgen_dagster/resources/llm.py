@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +45,8 @@ class Session:
     vision: bool
     client: ChatClient
     stop: tuple[str, ...] = ()
+    # How a server this session started ended, when it died under the session (else None).
+    server_exit: Callable[[], str | None] = lambda: None
 
 
 class LLMServer(dg.ConfigurableResource):
@@ -63,6 +65,12 @@ class LLMServer(dg.ConfigurableResource):
         timeout_s: seconds one HTTP attempt may take.
         deadline_s: seconds one request may take, retries included.
         max_retries: retries on connection errors, timeouts, 429 and 5xx.
+        stage_deadline_s: seconds one stage of one slide may spend asking the server;
+            past it no request is sent and the slide fails saying so (the pool is freed).
+        breaker_failures: consecutive failed attempts (timeouts, connection errors, 5xx)
+            after which the stage stops asking and the slide fails with the last error:
+            a server that accepts and never answers costs one ``timeout_s``, not
+            ``deadline_s`` per patch.
         embedded_parallel: decoding slots of the embedded server.
         embedded_threads: CPU threads of the embedded server; 1 by default, because on a
             shared 2-core machine two llama.cpp threads spin-waiting on each other were up
@@ -82,6 +90,8 @@ class LLMServer(dg.ConfigurableResource):
     timeout_s: float = 120.0
     deadline_s: float = 600.0
     max_retries: int = 4
+    stage_deadline_s: float = 1800.0
+    breaker_failures: int = 4
     embedded_parallel: int = 4
     embedded_threads: int | None = 1
     stop: list[str] = []
@@ -94,6 +104,8 @@ class LLMServer(dg.ConfigurableResource):
             deadline_s=self.deadline_s,
             max_retries=self.max_retries,
             max_concurrency=self.max_concurrency,
+            stage_deadline_s=self.stage_deadline_s,
+            breaker_failures=self.breaker_failures,
         )
 
     @contextmanager
@@ -108,7 +120,9 @@ class LLMServer(dg.ConfigurableResource):
                 ) as server,
                 self._client(server.base_url) as client,
             ):
-                yield Session("embedded", server.model_id, False, client, tuple(self.stop))
+                yield Session(
+                    "embedded", server.model_id, False, client, tuple(self.stop), server.exit_report
+                )
         elif self.base_url:
             try:
                 wait_until_ready(

@@ -184,6 +184,11 @@ class Agent:
         """Values for the template's placeholders (a superset: unused ones are dropped)."""
         raise NotImplementedError
 
+    def prose(self, text: str, finish_reason: str | None) -> str:
+        """The prose in an answer, which the screens judge; raises Rejected when the
+        answer's format cannot be parsed (a parse failure, not a verdict on prose)."""
+        return text
+
     def accept(self, item: PatchInput, text: str) -> tuple[str, tuple[dict, ...]]:
         """The accepted text and edits, or Rejected."""
         return text.strip(), ()
@@ -218,6 +223,15 @@ class RevisionAgent(Agent):
 
     def values(self, item, config, last):
         return {"draft": item.previous or "", "facts": facts_block(item.facts)}
+
+    def prose(self, text, finish_reason):
+        # The screens judge the revised description, never the JSON around it: a ```json
+        # fence, repeated edit ops or an edit reason are not the prose the dataset keeps.
+        try:
+            return parse_revision(text).revised
+        except EditLogError as error:
+            cut = " (answer cut off at max_tokens)" if finish_reason == "length" else ""
+            raise Rejected(f"parse: edit log: {error}{cut}") from None
 
     def accept(self, item, text):
         try:
@@ -432,7 +446,8 @@ def _settle(agent, p: _Progress, answer, template, sampling, session, attempt, c
     try:
         if not cached and not answer.ok:
             raise Rejected(f"request failed: {answer.error}")
-        reason = screen_output(text or "", finish, example_phrases=template.example_phrases)
+        prose = agent.prose(text or "", finish)
+        reason = screen_output(prose, finish, example_phrases=template.example_phrases)
         if reason is not None:
             raise Rejected(reason)
         accepted, edits = agent.accept(p.item, text)

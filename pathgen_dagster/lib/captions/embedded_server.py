@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ class EmbeddedServer:
         self._process: subprocess.Popen[str] | None = None
         self._base_url: str | None = None
         self.log_path: Path | None = None
+        self._exited: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -146,8 +148,9 @@ class EmbeddedServer:
             command += ["--n-threads", str(self.n_threads)]
         # A file, not a pipe: nobody drains a pipe while the server runs, and a full pipe
         # would block llama.cpp's logging.
+        _remove_stale_logs()
         with tempfile.NamedTemporaryFile(
-            "w", prefix="pathgen-llama-", suffix=".log", delete=False
+            "w", prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log", delete=False
         ) as log:
             self.log_path = Path(log.name)
             self._process = subprocess.Popen(
@@ -173,6 +176,9 @@ class EmbeddedServer:
         process, self._process, self._base_url = self._process, None, None
         if process is None:
             return
+        if process.poll() is not None and process.returncode != 0 and self.log_path is not None:
+            # It died on its own: keep its log, under a name no stale-log sweep removes.
+            self._exited = self.exit_report(process)
         if process.stdin is not None:
             process.stdin.close()
         for signal_next in (None, process.terminate, process.kill):
@@ -186,8 +192,31 @@ class EmbeddedServer:
         if process.stdout is not None:
             process.stdout.close()
         if self.log_path is not None:
-            self.log_path.unlink(missing_ok=True)
+            if self._exited is None:
+                self.log_path.unlink(missing_ok=True)
             self.log_path = None
+
+    def exit_report(self, process: subprocess.Popen | None = None) -> str | None:
+        """None while the server runs (or after a clean stop), else how its process ended:
+        exit code or signal, where its log was kept and the log's last lines."""
+        if self._exited is not None:
+            return self._exited
+        process = process or self._process
+        if process is None or process.poll() is None or self.log_path is None:
+            return None
+        code = process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        kept = self.log_path.with_name(
+            f"{LOG_PREFIX}exited-{time.strftime('%Y%m%dT%H%M%S')}-{process.pid}.log"
+        )
+        self.log_path.rename(kept)
+        self.log_path = kept
+        tail = kept.read_text(errors="replace")[-1500:]
+        self._exited = (
+            f"the embedded llama.cpp server process (pid {process.pid}) {how}; its log is kept"
+            f" at {kept}; it ends with:\n{tail}"
+        )
+        return self._exited
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
@@ -219,6 +248,18 @@ class EmbeddedServer:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return f"llama.cpp log ends with:\n{self.log_path.read_text()[-n_chars:]}"
+
+
+LOG_PREFIX = "pathgen-llama-"
+
+
+def _remove_stale_logs() -> None:
+    """Deletes ``pathgen-llama-<pid>-*.log`` logs whose process is gone (killed before it
+    could clean up); logs kept because a server died (``...-exited-...``) stay."""
+    for path in Path(tempfile.gettempdir()).glob(f"{LOG_PREFIX}*-*.log"):
+        owner = path.name.removeprefix(LOG_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            path.unlink(missing_ok=True)
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -164,6 +164,11 @@ class ChatClient:
         backoff_s: pause before the first retry; doubles each retry, times a 0.5-1.5 jitter.
         max_backoff_s: longest pause between attempts (also caps a server's Retry-After).
         max_concurrency: most requests in flight at once in :meth:`complete_many`.
+        stage_deadline_s: seconds every request of this client together may take (one
+            client serves one stage of one slide); None: no bound beyond ``deadline_s``.
+        breaker_failures: consecutive failed attempts (connection errors, timeouts, 429,
+            5xx) after which the circuit opens: no more requests are sent and every later
+            one fails at once with :attr:`stopped` as the reason. None: never opens.
     """
 
     def __init__(
@@ -177,6 +182,8 @@ class ChatClient:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         max_concurrency: int = 4,
+        stage_deadline_s: float | None = None,
+        breaker_failures: int | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -198,6 +205,48 @@ class ChatClient:
         self._requests_sent = 0
         self._in_flight = 0
         self._peak_in_flight = 0
+        self.stage_deadline_s = stage_deadline_s
+        self.breaker_failures = breaker_failures
+        self._stage_deadline = None if stage_deadline_s is None else time.monotonic() + stage_deadline_s
+        self._consecutive_failures = 0
+        self._stopped: str | None = None
+
+    @property
+    def stopped(self) -> str | None:
+        """Why this client stopped asking (circuit open, stage deadline), or None."""
+        with self._lock:
+            return self._stopped
+
+    def _stop_reason(self) -> str | None:
+        """The reason to send nothing more, recording a passed stage deadline."""
+        with self._lock:
+            if (
+                self._stopped is None
+                and self._stage_deadline is not None
+                and time.monotonic() >= self._stage_deadline
+            ):
+                self._stopped = (
+                    f"stage deadline of {self.stage_deadline_s:g} s reached"
+                    f" ({self.base_url} answered too slowly or not at all)"
+                )
+            return self._stopped
+
+    def _record_attempt(self, error: str | None) -> None:
+        """Counts consecutive failed attempts; opens the circuit at ``breaker_failures``."""
+        with self._lock:
+            if error is None:
+                self._consecutive_failures = 0
+                return
+            self._consecutive_failures += 1
+            if (
+                self._stopped is None
+                and self.breaker_failures is not None
+                and self._consecutive_failures >= self.breaker_failures
+            ):
+                self._stopped = (
+                    f"circuit open after {self._consecutive_failures} consecutive failed"
+                    f" requests to {self.base_url} (last: {error})"
+                )
 
     @property
     def requests_sent(self) -> int:
@@ -215,9 +264,15 @@ class ChatClient:
         """The result of ``request``, after retries; failures are returned, never raised."""
         started = time.monotonic()
         deadline = started + self.deadline_s
+        if self._stage_deadline is not None:
+            deadline = min(deadline, self._stage_deadline)
         error = "deadline_s leaves no time for an attempt"
         attempts = 0
         for attempt in itertools.count(1):
+            stopped = self._stop_reason()
+            if stopped is not None:
+                error = f"not sent: {stopped}" if attempt == 1 else f"{error}; {stopped}"
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 error = f"{error}; deadline of {self.deadline_s:g} s reached"
@@ -225,12 +280,15 @@ class ChatClient:
             attempts = attempt
             try:
                 body = self._post(request, timeout_s=min(self.timeout_s, remaining))
-                return _parse_completion(request, body, attempt, time.monotonic() - started)
+                result = _parse_completion(request, body, attempt, time.monotonic() - started)
+                self._record_attempt(None)
+                return result
             except _Fatal as fatal:
                 error = str(fatal)
                 break
             except _Retryable as retryable:
                 error, retry_after_s = str(retryable), retryable.retry_after_s
+                self._record_attempt(error)
             except Exception as unexpected:  # never let one request kill a batch
                 error = f"unexpected {type(unexpected).__name__}: {unexpected}"
                 break
@@ -241,7 +299,8 @@ class ChatClient:
             if time.monotonic() + pause >= deadline:
                 error = f"{error}; deadline of {self.deadline_s:g} s reached"
                 break
-            time.sleep(pause)
+            if self._stop_reason() is None:
+                time.sleep(pause)
         return ChatResult(
             key=request.key,
             text="",

@@ -152,6 +152,8 @@ RULES: tuple[ScreeningRule, ...] = (
 """Every screen, in the order they are tried (cheapest and most specific first)."""
 
 RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES) + ("copied_example",)
+# A structured answer (the revise agent's JSON edit log) is parsed before it is screened;
+# one that does not parse fails as "parse: ...", never as a verdict on its prose.
 """Names a failure reason can start with."""
 
 
