@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -231,6 +231,10 @@ class MorphologyFacts:
     stroma: str
     lumen_or_fat: str
     inflammation_hint: str
+    # Where mpp_um came from: "slide" (the scanner's metadata), "config" (set by the user
+    # for a slide that records none) or "unknown" (no scale: physical measures are NaN,
+    # their bands "unknown", and no text may say anything that depends on scale).
+    mpp_source: str = "slide"
 
     def to_dict(self) -> dict[str, Any]:
         """The facts as a plain dict of floats, ints and strings (JSON- and Arrow-ready)."""
@@ -240,17 +244,55 @@ class MorphologyFacts:
     def from_dict(cls, values: dict[str, Any]) -> MorphologyFacts:
         """Facts rebuilt from :meth:`to_dict` output; unknown keys are ignored."""
         cast = {"float": float, "int": int, "str": str}
-        return cls(**{f.name: cast[f.type](values[f.name]) for f in fields(cls)})
+        return cls(
+            **{
+                f.name: cast[f.type](values.get(f.name, f.default) if f.name == "mpp_source" else values[f.name])
+                for f in fields(cls)
+            }
+        )
+
+    @property
+    def scale_known(self) -> bool:
+        """False when the slide's microns per pixel are unknown (see ``mpp_source``)."""
+        return self.mpp_source != "unknown"
 
     @property
     def nuclear_detail_supported(self) -> bool:
         """True when enough nuclei were found to speak of their size and pleomorphism."""
-        return self.nuclei_count >= NUCLEAR_DETAIL_MIN_COUNT
+        return self.scale_known and self.nuclei_count >= NUCLEAR_DETAIL_MIN_COUNT
 
 
 MEASUREMENT_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(MorphologyFacts) if f.name not in BANDS
+    f.name for f in fields(MorphologyFacts) if f.name not in BANDS and f.name != "mpp_source"
 )
+
+# Measurements and bands that need a physical scale: unknown when the mpp is unknown.
+# Stain and white-space shares are ratios of pixels and stay measured.
+SCALE_DEPENDENT_MEASURES = (
+    "mpp_um",
+    "field_width_um",
+    "nuclei_density_per_mm2",
+    "nuclear_area_mean_um2",
+    "nuclear_area_std_um2",
+    "lymphoid_density_per_mm2",
+)
+SCALE_DEPENDENT_BANDS = ("cellularity", "nuclear_size", "pleomorphism", "inflammation_hint")
+UNKNOWN = "unknown"
+
+
+def without_scale(facts: MorphologyFacts) -> MorphologyFacts:
+    """``facts`` of a tile whose mpp is unknown: physical measures NaN, their bands unknown.
+
+    The detector ran on the native pixel grid with its micron thresholds read as pixels
+    (:meth:`MorphologyEncoder.embed`), which is good enough to compare tiles of one slide
+    with each other but says nothing physical; nothing scale-dependent survives here.
+    """
+    return replace(
+        facts,
+        **{name: math.nan for name in SCALE_DEPENDENT_MEASURES},
+        **{name: UNKNOWN for name in SCALE_DEPENDENT_BANDS},
+        mpp_source=UNKNOWN,
+    )
 
 
 class DescriptorComponent(NamedTuple):
@@ -1043,6 +1085,13 @@ class MorphologyEncoder:
     """
 
     encoder_id = "morphology-v1"
+    # Near-duplicate cosine of THIS embedding, measured by scripts/calibrate_dedup.py on
+    # 127 CMU skin and 36 tiatoolbox carcinoma patches (448 px at 0.5 um/px): the 5th
+    # percentile of re-scan copies (flips 1.000, 8 um shifts median 0.987, JPEG q75 median
+    # 0.978) is 0.935; different-tissue pairs reach at most 0.612; 3.6 % of pairs of
+    # distinct fields of one tissue score above it. PathGen's 0.88 belongs to CLIP
+    # features: on this vector it merges distinct fields of one tissue (issue 10).
+    dedup_threshold = 0.935
     dim = DESCRIPTOR_DIM
 
     def __init__(
@@ -1056,14 +1105,62 @@ class MorphologyEncoder:
         self.device = device
         self.batch_size = batch_size
 
-    def embed(self, tiles: np.ndarray, mpp: float) -> tuple[np.ndarray, list[MorphologyFacts]]:
+    def embed(
+        self, tiles: np.ndarray, mpp: float | None, *, mpp_source: str = "slide"
+    ) -> tuple[np.ndarray, list[MorphologyFacts]]:
         """(N x dim float32 L2-normalised embeddings, one MorphologyFacts per tile).
 
         Args:
             tiles: uint8 N x H x W x 3 RGB tiles of one size, read at ``mpp``.
-            mpp: microns per pixel of the tiles (level 0 of the slide for 672 px tiles).
+            mpp: microns per pixel of the tiles (level 0 of the slide for 672 px tiles),
+                or None when nobody knows it: the tiles are then measured on their own
+                pixel grid (no downsampling, micron thresholds read as working pixels),
+                the embedding compares tiles of that slide only, and the facts carry no
+                physical measure (:func:`without_scale`). No scale is ever assumed.
+            mpp_source: where ``mpp`` came from ("slide" or "config"), kept in the facts.
         """
+        if mpp is None:
+            facts, raw = measure(
+                tiles,
+                self.settings.work_mpp,
+                settings=self.settings,
+                device=self.device,
+                batch_size=self.batch_size,
+            )
+            return standardise(raw), [without_scale(f) for f in facts]
         facts, raw = measure(
             tiles, mpp, settings=self.settings, device=self.device, batch_size=self.batch_size
         )
+        if mpp_source != "slide":
+            facts = [replace(f, mpp_source=mpp_source) for f in facts]
         return standardise(raw), facts
+
+
+def resolve_mpp(
+    slide_id: str, recorded: float | None, configured: float | None
+) -> tuple[float | None, str]:
+    """(microns per pixel, source) of a slide: its own, else the configured one, else unknown.
+
+    Never a default: a slide without mpp and without configuration is measured without
+    scale (:func:`without_scale`), and its captions say nothing scale-dependent.
+
+    Raises:
+        ValueError: the configured mpp is not positive, or contradicts the slide's own by
+            more than 2 % (one of them is wrong; the message says which to fix).
+    """
+    if configured is not None and not configured > 0:
+        raise ValueError(
+            f"slide {slide_id!r}, stage patch_embeddings: configured mpp_um={configured} is "
+            "not a positive number of microns per pixel; fix the run config"
+        )
+    if recorded:
+        if configured is not None and abs(configured - recorded) > 0.02 * recorded:
+            raise ValueError(
+                f"slide {slide_id!r}, stage patch_embeddings: configured mpp_um={configured} "
+                f"contradicts the {recorded} um/px the slide records; remove mpp_um from the "
+                "run config (the slide's own value is used) or fix the scanner metadata"
+            )
+        return recorded, "slide"
+    if configured is not None:
+        return configured, "config"
+    return None, UNKNOWN
