@@ -63,6 +63,8 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 
+from pathgen_dagster.lib.selection import nuclei
+
 # Ruifrok & Johnston (2001) stain vectors, rows H, E, DAB in RGB optical density, exactly as
 # skimage.color.rgb_from_hed; deconvolution multiplies OD row vectors by the inverse.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -135,17 +137,28 @@ class Band(NamedTuple):
         return self.labels[bisect_right(self.edges, value)]
 
 
+# Fitted by pathgen_dagster.lib.quality.calibration on the even rows of the labelled set.
+CELLULARITY_EDGES_PER_MM2 = (3400.0, 7700.0)
+STROMA_EDGES = (0.45, 0.64)
+
 # THE band table. The grounded caption backend words its sentences from these labels and
 # the quality stage checks text against them, so every threshold lives here and nowhere
 # else. Edges were set on the real H&E images the project ships with (lib/sources.py):
 # tiles of the CMU skin slide (epidermis, dermis) and the tiatoolbox carcinoma patch.
 BANDS: dict[str, Band] = {
     "cellularity": Band(
+        "nuclei_density_log_per_mm2",
+        CELLULARITY_EDGES_PER_MM2,
+        ("low", "moderate", "high"),
+        "nuclei per mm2 of tissue, counted by the LoG detector that splits touching nuclei; "
+        "edges fitted to the labelled calibration set (tests/data/calibration)",
+    ),
+    "cellularity_area": Band(
         "nuclear_fraction",
         (0.12, 0.22),
         ("low", "moderate", "high"),
-        "share of tissue covered by nuclei: large tumour cells pack densely with fewer "
-        "nuclei per mm2, so the area covered tracks what a pathologist calls cellular",
+        "share of tissue covered by thresholded haematoxylin components: the first "
+        "detector, kept as independent evidence that the quality stage checks captions against",
     ),
     "nuclear_size": Band(
         "nuclear_area_mean_um2",
@@ -162,7 +175,7 @@ BANDS: dict[str, Band] = {
     ),
     "stroma": Band(
         "eosin_fraction",
-        (0.30, 0.55),
+        STROMA_EDGES,
         ("scant", "moderate", "abundant"),
         "share of tissue where eosin dominates: collagenous stroma or eosinophilic cytoplasm",
     ),
@@ -179,6 +192,9 @@ BANDS: dict[str, Band] = {
         "small, round, dark (lymphocyte-like) nuclei per mm2 of tissue",
     ),
 }
+
+# Bands kept as independent evidence for the quality stage: never worded in text.
+EVIDENCE_BANDS = ("cellularity_area",)
 
 # Below this many nuclei, size and pleomorphism bands describe noise: text must not speak
 # of nuclear size or pleomorphism, and claims about them are unsupported.
@@ -219,6 +235,8 @@ class MorphologyFacts:
     nc_ratio_proxy: float  # nuclear / non-nuclear tissue area
     lymphoid_fraction: float  # share of nuclei that are small, round and dark
     lymphoid_density_per_mm2: float  # small, round, dark nuclei per mm2 of tissue
+    nuclei_count_log: int  # nuclei found by the LoG detector (lib/selection/nuclei.py)
+    nuclei_density_log_per_mm2: float  # those per mm2 of tissue: what cellularity reads
     gradient_mean: float  # Sobel magnitude of grey (0-1) per texture pixel, over tissue
     gradient_std: float
     orientation_coherence: float  # 0 = isotropic texture, 1 = all edges parallel
@@ -231,6 +249,7 @@ class MorphologyFacts:
     stroma: str
     lumen_or_fat: str
     inflammation_hint: str
+    cellularity_area: str  # the old area-based cellularity: second, independent evidence
     # Where mpp_um came from: "slide" (the scanner's metadata), "config" (set by the user
     # for a slide that records none) or "unknown" (no scale: physical measures are NaN,
     # their bands "unknown", and no text may say anything that depends on scale).
@@ -275,8 +294,15 @@ SCALE_DEPENDENT_MEASURES = (
     "nuclear_area_mean_um2",
     "nuclear_area_std_um2",
     "lymphoid_density_per_mm2",
+    "nuclei_density_log_per_mm2",
 )
-SCALE_DEPENDENT_BANDS = ("cellularity", "nuclear_size", "pleomorphism", "inflammation_hint")
+SCALE_DEPENDENT_BANDS = (
+    "cellularity",
+    "cellularity_area",
+    "nuclear_size",
+    "pleomorphism",
+    "inflammation_hint",
+)
 UNKNOWN = "unknown"
 
 
@@ -423,7 +449,16 @@ def band_labels(measurements: dict[str, float]) -> dict[str, str]:
 def _facts(measurements: dict[str, float]) -> MorphologyFacts:
     values = {name: float(measurements[name]) for name in MEASUREMENT_NAMES}
     values["nuclei_count"] = int(round(values["nuclei_count"]))
+    values["nuclei_count_log"] = int(values["nuclei_count_log"])
     return MorphologyFacts(**values, **band_labels(measurements))
+
+
+def _with_log_nuclei(measurements: dict[str, float], tile: np.ndarray, mpp: float) -> dict[str, float]:
+    """``measurements`` plus the LoG detector's nuclei count and density per mm2 of tissue."""
+    found = nuclei.count(tile, mpp)
+    tissue_mm2 = measurements["tissue_fraction"] * tile.shape[0] * tile.shape[1] * mpp**2 / 1e6
+    density = found / tissue_mm2 if tissue_mm2 > 0 else 0.0
+    return {**measurements, "nuclei_count_log": found, "nuclei_density_log_per_mm2": density}
 
 
 def _pool_factor(mpp: float, target_mpp: float) -> int:
@@ -902,7 +937,8 @@ def measure(
             measurements, histogram = _measure_batch(
                 tiles[start : start + batch_size], mpp, settings, device
             )
-            facts.extend(_facts(m) for m in measurements)
+            batch = tiles[start : start + batch_size]
+            facts.extend(_facts(_with_log_nuclei(m, t, mpp)) for m, t in zip(measurements, batch, strict=True))
             histograms.append(histogram)
     return facts, raw_descriptors(facts, np.concatenate(histograms))
 
@@ -1057,7 +1093,7 @@ def measure_loop(
     _check_tiles(tiles, mpp)
     measured = [_measure_tile(tile, mpp, settings) for tile in tiles]
     histograms = np.array([h for _, h in measured]).reshape(len(tiles), STAIN_HISTOGRAM_BINS)
-    facts = [_facts(m) for m, _ in measured]
+    facts = [_facts(_with_log_nuclei(m, t, mpp)) for (m, _), t in zip(measured, tiles, strict=True)]
     return facts, raw_descriptors(facts, histograms)
 
 
@@ -1084,7 +1120,7 @@ class MorphologyEncoder:
         dim: length of the embedding (see :data:`DESCRIPTOR_COMPONENTS`).
     """
 
-    encoder_id = "morphology-v1"
+    encoder_id = "morphology-v2"
     # Near-duplicate cosine of THIS embedding, measured by scripts/calibrate_dedup.py on
     # 127 CMU skin and 36 tiatoolbox carcinoma patches (448 px at 0.5 um/px): the 5th
     # percentile of re-scan copies (flips 1.000, 8 um shifts median 0.987, JPEG q75 median
