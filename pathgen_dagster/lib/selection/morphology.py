@@ -263,6 +263,12 @@ class MorphologyFacts:
     def from_dict(cls, values: dict[str, Any]) -> MorphologyFacts:
         """Facts rebuilt from :meth:`to_dict` output; unknown keys are ignored."""
         cast = {"float": float, "int": int, "str": str}
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "mpp_source"]
+        if missing:
+            raise KeyError(
+                f"facts lack {missing}: they were measured by an older morphology encoder; "
+                "re-materialize patch_embeddings and patches for this slide"
+            )
         return cls(
             **{
                 f.name: cast[f.type](values.get(f.name, f.default) if f.name == "mpp_source" else values[f.name])
