@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-import numpy as np
-
+from pathgen_dagster.lib.captions.verbalize import facts_sentence
 from pathgen_dagster.lib.selection import yield_check
 from pathgen_dagster.lib.selection.morphology import MorphologyEncoder
 from pathgen_dagster.lib.selection.prompts_library import PromptLibrary
 from pathgen_dagster.lib.selection.selection import DEFAULT_SELECTION, select
 from pathgen_dagster.resources.encoders import Encoders
-from pathgen_dagster.lib.captions.verbalize import facts_sentence
 
 
 def run(thresholds: tuple[float, ...]) -> list[dict]:
@@ -29,20 +27,26 @@ def run(thresholds: tuple[float, ...]) -> list[dict]:
     prompts = encoders.encode_texts(list(PromptLibrary.load().resolve("generic").prompts))
     rows = []
     for threshold in thresholds:
-        result = select(embeddings, prompt_emb=prompts, retrieval_emb=retrieval,
-                        cfg=replace(DEFAULT_SELECTION, dedup_threshold=threshold))
+        result = select(
+            embeddings,
+            prompt_emb=prompts,
+            retrieval_emb=retrieval,
+            cfg=replace(DEFAULT_SELECTION, dedup_threshold=threshold),
+        )
         kept = result.tile_index.tolist()
         per_group = Counter(groups[i] for i in kept)
-        rows.append({
-            "threshold": threshold,
-            "tiles": len(tiles),
-            "candidates": result.n_after_cap,
-            "kept": len(kept),
-            "per_tissue": dict(Counter(tissues[i] for i in kept)),
-            "fields_covered": len(per_group),
-            "fields": len(set(groups)),
-            "groups_kept_twice_or_more": sum(n > 1 for n in per_group.values()),
-        })
+        rows.append(
+            {
+                "threshold": threshold,
+                "tiles": len(tiles),
+                "candidates": result.n_after_cap,
+                "kept": len(kept),
+                "per_tissue": dict(Counter(tissues[i] for i in kept)),
+                "fields_covered": len(per_group),
+                "fields": len(set(groups)),
+                "groups_kept_twice_or_more": sum(n > 1 for n in per_group.values()),
+            }
+        )
     return rows
 
 

@@ -92,11 +92,18 @@ def calibrate(encoder: MorphologyEncoder) -> dict[str, object]:
     return {
         "patches": {name: len(m) for name, m in groups.items()},
         "positives": {k: (float(v.min()), float(np.median(v))) for k, v in positives.items()},
-        "negatives_different_tissue": (float(np.median(negatives)), float(np.quantile(negatives, 0.99)), float(negatives.max())),
+        "negatives_different_tissue": (
+            float(np.median(negatives)),
+            float(np.quantile(negatives, 0.99)),
+            float(negatives.max()),
+        ),
         "same_tissue_median": float(np.median(cosine[same])),
         "recommended": recommended,
         "same_tissue_above_recommended": float((same_pairs >= recommended).mean()),
-        "quantiles": {q: (float(np.quantile(all_pos, q)), float(np.quantile(same_pairs, 1 - q))) for q in (0.01, 0.05, 0.10)},
+        "quantiles": {
+            q: (float(np.quantile(all_pos, q)), float(np.quantile(same_pairs, 1 - q)))
+            for q in (0.01, 0.05, 0.10)
+        },
         "negatives_above_recommended": float((negatives >= recommended).mean()),
         "positives_below_recommended": float((all_pos < recommended).mean()),
     }
@@ -115,9 +122,11 @@ def main() -> int:
     for q, (pos, same) in result["quantiles"].items():
         print(f"  positives p{q:.0%} {pos:.4f}; same tissue p{1 - q:.0%} {same:.4f}")
     print(f"  same-tissue pairs above the recommendation: {result['same_tissue_above_recommended']:.2%}")
-    print(f"recommended threshold {result['recommended']:.3f}: "
-          f"{result['negatives_above_recommended']:.2%} of different-tissue pairs above, "
-          f"{result['positives_below_recommended']:.2%} of positives below")
+    print(
+        f"recommended threshold {result['recommended']:.3f}: "
+        f"{result['negatives_above_recommended']:.2%} of different-tissue pairs above, "
+        f"{result['positives_below_recommended']:.2%} of positives below"
+    )
     return 0
 
 

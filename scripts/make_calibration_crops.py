@@ -62,7 +62,9 @@ def main() -> None:
             sheet = Image.new("RGB", (3 * SIDE * zoom + 40, 2 * (SIDE * zoom + 24)), "white")
             draw = ImageDraw.Draw(sheet)
             for i, row in enumerate(rows[start : start + per_sheet]):
-                crop = Image.open(FOLDER / "crops" / row["crop"]).resize((SIDE * zoom,) * 2, Image.Resampling.NEAREST)
+                crop = Image.open(FOLDER / "crops" / row["crop"]).resize(
+                    (SIDE * zoom,) * 2, Image.Resampling.NEAREST
+                )
                 left, top = (i % 3) * (SIDE * zoom + 20), (i // 3) * (SIDE * zoom + 24)
                 sheet.paste(crop, (left, top + 22))
                 draw.text((left + 4, top + 4), row["crop"], fill="black")

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pathgen_dagster.lib.selection import nuclei
 from pathgen_dagster.lib.selection.morphology import MorphologyFacts, measure
 
 FOLDER = Path(__file__).resolve().parents[3] / "tests" / "data" / "calibration"
@@ -118,7 +117,8 @@ def report(folder: Path = FOLDER) -> dict[str, float]:
         "cellularity_agreement_after_holdout": agreement(new_cell, cell, hold),
         "cellularity_edges_per_mm2": cell_edges,
         "stroma_agreement_before": agreement(
-            [band(e, (0.30, 0.55), STROMA) for e in eosin], stroma  # the edges before issue 10
+            [band(e, (0.30, 0.55), STROMA) for e in eosin],
+            stroma,  # the edges before issue 10
         ),
         "stroma_agreement_after": agreement(new_stroma, stroma),
         "stroma_agreement_after_holdout": agreement(new_stroma, stroma, hold),

@@ -271,7 +271,7 @@ class MorphologyFacts:
             )
         return cls(
             **{
-                f.name: cast[f.type](values.get(f.name, f.default) if f.name == "mpp_source" else values[f.name])
+                f.name: cast[f.type](values.get(f.name, f.default))
                 for f in fields(cls)
             }
         )
@@ -944,7 +944,10 @@ def measure(
                 tiles[start : start + batch_size], mpp, settings, device
             )
             batch = tiles[start : start + batch_size]
-            facts.extend(_facts(_with_log_nuclei(m, t, mpp)) for m, t in zip(measurements, batch, strict=True))
+            facts.extend(
+                _facts(_with_log_nuclei(m, t, mpp))
+                for m, t in zip(measurements, batch, strict=True)
+            )
             histograms.append(histogram)
     return facts, raw_descriptors(facts, np.concatenate(histograms))
 

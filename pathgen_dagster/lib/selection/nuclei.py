@@ -64,9 +64,7 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
 
 
-def detect(
-    rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG
-) -> np.ndarray:
+def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> np.ndarray:
     """(n, 3) float array of nuclei: row, column (pixels of ``rgb``) and radius in microns."""
     if not mpp > 0:
         raise ValueError(f"mpp must be positive microns per pixel, got {mpp}")
@@ -103,9 +101,7 @@ def detect(
             mean = (hrr + hcc) / 2
             strong, weak = mean - root, mean + root  # both negative at a blob's centre
             keep[at] = (strong < 0) & (weak <= -settings.min_roundness * np.abs(strong))
-        colour = np.stack(
-            [_block_mean(rgb[..., c].astype(np.float64), factor) for c in range(3)], axis=-1
-        )
+        colour = np.stack([_block_mean(rgb[..., c].astype(np.float64), factor) for c in range(3)], axis=-1)
         colour = ndi.gaussian_filter(colour, (sigmas[0], sigmas[0], 0))
         green_excess = (colour[rows, cols, 1] - colour[rows, cols, 0]) / 255.0
         keep &= green_excess <= settings.max_green_excess
