@@ -3,7 +3,8 @@
 Failing captions are quarantined, never deleted: their rows stay here with the rules they
 failed and why (``SELECT * FROM caption_quality WHERE NOT passed``), and ``training_pairs``
 takes only rows that passed. Whether the slide as a whole may feed training is decided by
-the blocking check in ``quality/checks.py``.
+the blocking check in ``quality/checks.py``. Every verdict here depends on this slide's
+rows only (never on which other slides were committed first).
 """
 
 import io
@@ -20,7 +21,6 @@ from pathgen_dagster.lib.quality.fidelity import (
     RULES,
     ReferenceCaptions,
     SlideInputs,
-    claim_signature,
     judge,
     measure_slide,
     pass_rates,
@@ -39,26 +39,6 @@ from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 _FRAME_SCHEMA = pl.from_arrow(CAPTION_QUALITY.schema.empty_table()).schema
-
-
-def kept_captions(lakehouse: Lakehouse, slide_id: str) -> ReferenceCaptions:
-    """Captions of OTHER slides that passed their checks: the dataset to deduplicate against.
-
-    Quarantined captions are left out, so a caption that lost to a copy elsewhere does not
-    in turn flag that copy when its own slide is checked again.
-    """
-    rows = lakehouse.read(
-        CAPTION_QUALITY.name,
-        columns=["slide_id", "patch_id", "caption", "caption_key", "caption_embedding", "passed"],
-    ).filter((pl.col("slide_id") != slide_id) & pl.col("passed"))
-    if rows.is_empty():
-        return ReferenceCaptions()
-    return ReferenceCaptions(
-        patch_ids=rows["patch_id"].to_list(),
-        keys=rows["caption_key"].to_list(),
-        embeddings=np.array(rows["caption_embedding"].to_list(), dtype=np.float32),
-        signatures=[claim_signature(text) for text in rows["caption"]],
-    )
 
 
 def clip_scores(
@@ -137,7 +117,12 @@ def caption_quality(
     measured = measure_slide(
         inputs,
         encode=encoders.sentences.encode,
-        reference=kept_captions(lakehouse, slide_id),
+        # Only this slide's captions: a slide's verdicts never depend on which other
+        # slides were committed before it (issue 16: two byte-identical slides checked
+        # concurrently both passed, checked one after the other the second was
+        # quarantined), and a slide costs work in proportion to itself. Duplicates
+        # across slides are left to a whole-dataset step that decides them by content.
+        reference=ReferenceCaptions(),
         image_text_scores=image_scores,
         config=fidelity,
     )

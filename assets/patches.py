@@ -16,8 +16,13 @@ from assets.tiles import slide_row
 from pathgen_dagster.lib.captions.verbalize import facts_sentence
 from pathgen_dagster.lib.ingest.wsi import SlideReadError, open_slide, read_tiles
 from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, TILES
+from pathgen_dagster.lib.selection.morphology import resolve_mpp
 from pathgen_dagster.lib.selection.prompts_library import PromptLibrary, load_report_findings
-from pathgen_dagster.lib.selection.selection import SelectionConfig, select
+from pathgen_dagster.lib.selection.selection import (
+    SelectionConfig,
+    select,
+    with_encoder_threshold,
+)
 from pathgen_dagster.metadata import column_schema, config_hash, picture, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.encoders import Encoders
@@ -25,6 +30,19 @@ from pathgen_dagster.resources.lakehouse import Lakehouse
 
 _SELECTION = SelectionConfig()
 JPEG_QUALITY = 90
+
+
+class PatchEmbeddingsConfig(dg.Config):
+    """Where the microns per pixel come from when the slide does not record them.
+
+    Attributes:
+        mpp_um: the slide's microns per pixel at level 0, from the scanner's documentation
+            or the lab's records, for a slide whose file has none. None (the default): the
+            slide's own value, or, without one, no scale at all: physical measures are
+            unknown and captions say nothing that depends on scale. Never assumed.
+    """
+
+    mpp_um: float | None = None
 
 
 @dg.asset(
@@ -38,10 +56,17 @@ JPEG_QUALITY = 90
     metadata={"dagster/column_schema": column_schema(PATCH_EMBEDDINGS)},
 )
 def patch_embeddings(
-    context: dg.AssetExecutionContext, lakehouse: Lakehouse, encoders: Encoders
+    context: dg.AssetExecutionContext,
+    config: PatchEmbeddingsConfig,
+    lakehouse: Lakehouse,
+    encoders: Encoders,
 ) -> dg.MaterializeResult:
     slide_id = context.partition_key
     slide = slide_row(lakehouse, slide_id, PATCH_EMBEDDINGS.name)
+    try:
+        mpp, mpp_source = resolve_mpp(slide_id, slide["mpp_x"], config.mpp_um)
+    except ValueError as error:
+        raise dg.Failure(str(error)) from None
     tiles = lakehouse.read(TILES.name, slide_id=slide_id).sort("y", "x")
     started = time.perf_counter()
     embeddings: list[np.ndarray] = []
@@ -54,7 +79,9 @@ def patch_embeddings(
                 pixels = read_tiles(
                     handle, batch["x"].to_list(), batch["y"].to_list(), int(batch["size_px"][0])
                 )
-                batch_embeddings, batch_facts = encoders.embed_tiles(pixels, slide["mpp_x"] or 0.5)
+                batch_embeddings, batch_facts = encoders.embed_tiles(
+                    pixels, mpp, mpp_source=mpp_source
+                )
                 embeddings.append(batch_embeddings)
                 facts += batch_facts
     except SlideReadError as error:
@@ -73,7 +100,9 @@ def patch_embeddings(
             "facts_json": [json.dumps(f.to_dict()) for f in facts],
             "facts_sentence": [facts_sentence(f, site) for f in facts],
             "cellularity": [f.cellularity for f in facts],
-            "nuclei_density_per_mm2": [float(f.nuclei_density_per_mm2) for f in facts],
+            "nuclei_density_per_mm2": [
+                float(f.nuclei_density_per_mm2) if f.scale_known else None for f in facts
+            ],
             "run_id": context.run_id,
             "config_hash": config_hash(encoders.model_dump()),
             "upstream_version": lakehouse.version(TILES.name),
@@ -86,6 +115,8 @@ def patch_embeddings(
             "dagster/row_count": len(frame),
             "delta_version": version,
             "encoder": encoders.image_encoder_id,
+            "mpp": mpp,
+            "mpp_source": mpp_source,
             "seconds": round(elapsed, 2),
             "embeddings_per_second": round(len(frame) / elapsed, 1) if elapsed and len(frame) else 0.0,
             "preview": preview(frame, ["tile_id", "cellularity", "nuclei_density_per_mm2", "facts_sentence"]),
@@ -101,7 +132,8 @@ class PatchesConfig(dg.Config):
     tiles_per_cluster_budget: int = _SELECTION.tiles_per_cluster_budget
     cluster_scale: float = _SELECTION.cluster_scale
     max_per_slide: int = _SELECTION.max_per_slide
-    dedup_threshold: float = _SELECTION.dedup_threshold
+    # None: the image encoder's declared, calibrated threshold (scripts/calibrate_dedup.py).
+    dedup_threshold: float | None = _SELECTION.dedup_threshold
     seed: int = _SELECTION.seed
     kmeans_iterations: int = _SELECTION.kmeans_iterations
     report_findings_path: str | None = None
@@ -149,7 +181,10 @@ def patches(
     library = PromptLibrary.load()
     site = library.resolve(slide["tissue_site"])
     findings = load_report_findings(config.report_findings_path).get(slide_id, [])
-    selection_config = config.selection()
+    selection_config = with_encoder_threshold(config.selection(), encoders.dedup_threshold)
+    threshold_source = (
+        "config" if config.dedup_threshold is not None else f"encoder {encoders.image_encoder_id}"
+    )
     started = time.perf_counter()
     image_embeddings = np.array(embedded["embedding"].to_list(), dtype=np.float32)
     if not len(embedded):  # a slide without tissue tiles: an empty selection, not an error
@@ -175,6 +210,8 @@ def patches(
     except SlideReadError as error:
         raise dg.Failure(f"slide {slide_id!r}, stage patches: {error}") from None
     prompts = list(site.prompts)
+    chosen_facts = [json.loads(text) for text in chosen["facts_json"]]
+    mpp_sources = [f.get("mpp_source", "slide") for f in chosen_facts]
     frame = pl.DataFrame(
         {
             "patch_id": chosen["tile_id"],
@@ -183,7 +220,13 @@ def patches(
             "y": chosen["y"],
             "level": chosen["level"],
             "size_px": chosen["size_px"],
-            "mpp": chosen["mpp"],
+            # The mpp the patch was measured at (the slide's or the configured one; null
+            # when unknown), and where it came from.
+            "mpp": [
+                f["mpp_um"] if source != "unknown" else None
+                for f, source in zip(chosen_facts, mpp_sources, strict=True)
+            ],
+            "mpp_source": mpp_sources,
             "reasons": result.reasons,
             "attribute_score": result.attribute_score.astype(np.float64),
             "report_score": result.report_score.astype(np.float64)
@@ -196,7 +239,10 @@ def patches(
             "prompt_library_version": library.version,
             "encoder_id": encoders.image_encoder_id,
             "text_encoder_id": encoders.text_encoder_id,
-            "selection_config": json.dumps(asdict(selection_config), sort_keys=True),
+            "selection_config": json.dumps(
+                {**asdict(selection_config), "dedup_threshold_source": threshold_source},
+                sort_keys=True,
+            ),
             "facts_json": chosen["facts_json"],
             "image_jpeg": images,
             "image_sha256": [hashlib.sha256(image).hexdigest() for image in images],
@@ -206,6 +252,7 @@ def patches(
         },
         schema_overrides={
             "k": pl.Int32,
+            "mpp": pl.Float64,
             "report_score": pl.Float64,
             "reasons": pl.List(pl.String),
             "image_jpeg": pl.Binary,
@@ -221,6 +268,9 @@ def patches(
             "tiles_considered": len(embedded),
             "patches_selected": len(frame),
             "k": result.k,
+            "dedup_threshold": selection_config.dedup_threshold,
+            "dedup_threshold_source": threshold_source,
+            "candidates_after_cap": result.n_after_cap,
             "per_cluster_quota": result.quota,
             "candidates_before_cap": result.n_candidates,
             "tissue_site": site.code,

@@ -70,11 +70,23 @@ class Encoders(dg.ConfigurableResource):
     def text_encoder_id(self) -> str:
         return self.sentences.encoder_id if self.kind == "morphology" else self.clip.encoder_id
 
+    @property
+    def dedup_threshold(self) -> float:
+        """The near-duplicate cosine the image encoder declares for its own embedding."""
+        return (
+            self.morphology.dedup_threshold
+            if self.kind == "morphology"
+            else self.clip.dedup_threshold
+        )
+
     def embed_tiles(
-        self, tiles: np.ndarray, mpp: float
+        self, tiles: np.ndarray, mpp: float | None, *, mpp_source: str = "slide"
     ) -> tuple[np.ndarray, list[MorphologyFacts]]:
-        """Image embeddings of the tiles and their measured morphology (always measured)."""
-        embeddings, facts = self.morphology.embed(tiles, mpp)
+        """Image embeddings of the tiles and their measured morphology (always measured).
+
+        ``mpp`` None means unknown: the facts then carry no physical measure.
+        """
+        embeddings, facts = self.morphology.embed(tiles, mpp, mpp_source=mpp_source)
         if self.kind == "open_clip":
             embeddings = self.clip.embed_images(tiles)
         return embeddings.astype(np.float32), facts

@@ -118,6 +118,11 @@ def _has_nuclei(facts: MorphologyFacts) -> bool:
     return facts.nuclear_detail_supported
 
 
+def _has_scaled_tissue(facts: MorphologyFacts) -> bool:
+    """Tissue measured at a known scale: the nucleus detector's micron sizes meant microns."""
+    return _has_tissue(facts) and facts.scale_known
+
+
 # THE sentence-vs-facts table. A wording that names a band label the facts do not have is
 # a contradiction; a wording about a band the facts cannot assess (too little tissue, too
 # few nuclei) is unsupported. Mentions without a degree ("lymphocytes", "stroma") claim
@@ -148,7 +153,7 @@ CLAIM_RULES: tuple[ClaimRule, ...] = (
             ),
         ),
         salient=frozenset({"low", "moderate", "high"}),
-        assessable=_has_tissue,
+        assessable=_has_scaled_tissue,
         evidence=lambda f: f"nuclei cover {f.nuclear_fraction:.0%} of the tissue",
     ),
     ClaimRule(
@@ -261,7 +266,7 @@ CLAIM_RULES: tuple[ClaimRule, ...] = (
             ),
         ),
         salient=frozenset({"possible"}),
-        assessable=_has_tissue,
+        assessable=_has_scaled_tissue,
         evidence=lambda f: (
             f"{f.lymphoid_density_per_mm2:.0f} lymphocyte-like nuclei per mm2 of tissue"
         ),
@@ -358,11 +363,12 @@ def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
     rule = RULES_BY_CLAIM[claim.claim]
     subject = claim.claim.replace("_", " ")
     if not rule.assessable(facts):
-        why = (
-            f"only {facts.nuclei_count} nuclei were found"
-            if rule.assessable is _has_nuclei
-            else f"tissue covers only {facts.tissue_fraction:.0%} of the field"
-        )
+        if not facts.scale_known and rule.assessable in (_has_nuclei, _has_scaled_tissue):
+            why = "the slide's microns per pixel are unknown"
+        elif rule.assessable is _has_nuclei:
+            why = f"only {facts.nuclei_count} nuclei were found"
+        else:
+            why = f"tissue covers only {facts.tissue_fraction:.0%} of the field"
         return f"{why}, too little to judge {subject} [{claim.claim}_unassessable]"
     measured = getattr(facts, claim.claim)
     if measured in claim.labels:
@@ -496,6 +502,7 @@ _CELLULAR_ADJECTIVE = {
     "high": "densely cellular",
     "moderate": "moderately cellular",
     "low": "sparsely cellular",
+    "unknown": "H&E-stained",  # no scale, no cellularity claim
 }
 _STROMA_PHRASE = {
     "abundant": "abundant eosinophilic stroma",
@@ -542,7 +549,7 @@ def _slot_sentences(
     A description leaves an absent infiltrate unsaid; a correction of a draft that
     claimed one (``correcting``) says it is absent.
     """
-    if slot == "cellularity" and _has_tissue(facts):
+    if slot == "cellularity" and _has_scaled_tissue(facts):
         return [_pick(_CELLULARITY[facts.cellularity], seed, slot)]
     if slot == "nuclei" and _has_nuclei(facts) and _has_tissue(facts):
         template = _pick(_NUCLEI_SENTENCE, seed, slot)
@@ -786,12 +793,12 @@ def facts_sentence(facts: MorphologyFacts, tissue_site: str | None = None) -> st
     site = _site_phrase(tissue_site)
     if not _has_tissue(facts):
         return f"H&E field with little {site} and {_SPACES_PHRASE[facts.lumen_or_fat]}."
-    parts = [f"{facts.cellularity} cellularity"]
+    parts = [f"{facts.cellularity} cellularity"] if facts.scale_known else []
     if _has_nuclei(facts):
         parts.append(f"{_SIZE[facts.nuclear_size]} nuclei with {facts.pleomorphism} pleomorphism")
     parts += [
         _STROMA_PHRASE[facts.stroma],
         _SPACES_PHRASE[facts.lumen_or_fat],
-        _INFLAMMATION_PHRASE[facts.inflammation_hint],
+        *([_INFLAMMATION_PHRASE[facts.inflammation_hint]] if facts.scale_known else []),
     ]
     return f"H&E {site} with {', '.join(parts[:-1])} and {parts[-1]}."

@@ -34,7 +34,14 @@ class OpenClipEncoder:
         model_name: open_clip architecture name, e.g. ``ViT-L-14`` for PathGen-CLIP-L.
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: tiles per forward pass.
+
+    Attributes:
+        dedup_threshold: near-duplicate cosine of CLIP image features: PathGen's 0.88,
+            which it used with PathGen-CLIP-L. Recalibrate with scripts/calibrate_dedup.py
+            for another checkpoint.
     """
+
+    dedup_threshold = 0.88
 
     def __init__(
         self,

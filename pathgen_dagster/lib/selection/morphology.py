@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -62,6 +62,8 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
+
+from pathgen_dagster.lib.selection import nuclei
 
 # Ruifrok & Johnston (2001) stain vectors, rows H, E, DAB in RGB optical density, exactly as
 # skimage.color.rgb_from_hed; deconvolution multiplies OD row vectors by the inverse.
@@ -135,17 +137,28 @@ class Band(NamedTuple):
         return self.labels[bisect_right(self.edges, value)]
 
 
+# Fitted by pathgen_dagster.lib.quality.calibration on the even rows of the labelled set.
+CELLULARITY_EDGES_PER_MM2 = (3400.0, 7700.0)
+STROMA_EDGES = (0.45, 0.64)
+
 # THE band table. The grounded caption backend words its sentences from these labels and
 # the quality stage checks text against them, so every threshold lives here and nowhere
 # else. Edges were set on the real H&E images the project ships with (lib/sources.py):
 # tiles of the CMU skin slide (epidermis, dermis) and the tiatoolbox carcinoma patch.
 BANDS: dict[str, Band] = {
     "cellularity": Band(
+        "nuclei_density_log_per_mm2",
+        CELLULARITY_EDGES_PER_MM2,
+        ("low", "moderate", "high"),
+        "nuclei per mm2 of tissue, counted by the LoG detector that splits touching nuclei; "
+        "edges fitted to the labelled calibration set (tests/data/calibration)",
+    ),
+    "cellularity_area": Band(
         "nuclear_fraction",
         (0.12, 0.22),
         ("low", "moderate", "high"),
-        "share of tissue covered by nuclei: large tumour cells pack densely with fewer "
-        "nuclei per mm2, so the area covered tracks what a pathologist calls cellular",
+        "share of tissue covered by thresholded haematoxylin components: the first "
+        "detector, kept as independent evidence that the quality stage checks captions against",
     ),
     "nuclear_size": Band(
         "nuclear_area_mean_um2",
@@ -162,7 +175,7 @@ BANDS: dict[str, Band] = {
     ),
     "stroma": Band(
         "eosin_fraction",
-        (0.30, 0.55),
+        STROMA_EDGES,
         ("scant", "moderate", "abundant"),
         "share of tissue where eosin dominates: collagenous stroma or eosinophilic cytoplasm",
     ),
@@ -179,6 +192,9 @@ BANDS: dict[str, Band] = {
         "small, round, dark (lymphocyte-like) nuclei per mm2 of tissue",
     ),
 }
+
+# Bands kept as independent evidence for the quality stage: never worded in text.
+EVIDENCE_BANDS = ("cellularity_area",)
 
 # Below this many nuclei, size and pleomorphism bands describe noise: text must not speak
 # of nuclear size or pleomorphism, and claims about them are unsupported.
@@ -219,6 +235,8 @@ class MorphologyFacts:
     nc_ratio_proxy: float  # nuclear / non-nuclear tissue area
     lymphoid_fraction: float  # share of nuclei that are small, round and dark
     lymphoid_density_per_mm2: float  # small, round, dark nuclei per mm2 of tissue
+    nuclei_count_log: int  # nuclei found by the LoG detector (lib/selection/nuclei.py)
+    nuclei_density_log_per_mm2: float  # those per mm2 of tissue: what cellularity reads
     gradient_mean: float  # Sobel magnitude of grey (0-1) per texture pixel, over tissue
     gradient_std: float
     orientation_coherence: float  # 0 = isotropic texture, 1 = all edges parallel
@@ -231,6 +249,11 @@ class MorphologyFacts:
     stroma: str
     lumen_or_fat: str
     inflammation_hint: str
+    cellularity_area: str  # the old area-based cellularity: second, independent evidence
+    # Where mpp_um came from: "slide" (the scanner's metadata), "config" (set by the user
+    # for a slide that records none) or "unknown" (no scale: physical measures are NaN,
+    # their bands "unknown", and no text may say anything that depends on scale).
+    mpp_source: str = "slide"
 
     def to_dict(self) -> dict[str, Any]:
         """The facts as a plain dict of floats, ints and strings (JSON- and Arrow-ready)."""
@@ -240,17 +263,68 @@ class MorphologyFacts:
     def from_dict(cls, values: dict[str, Any]) -> MorphologyFacts:
         """Facts rebuilt from :meth:`to_dict` output; unknown keys are ignored."""
         cast = {"float": float, "int": int, "str": str}
-        return cls(**{f.name: cast[f.type](values[f.name]) for f in fields(cls)})
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "mpp_source"]
+        if missing:
+            raise KeyError(
+                f"facts lack {missing}: they were measured by an older morphology encoder; "
+                "re-materialize patch_embeddings and patches for this slide"
+            )
+        return cls(
+            **{
+                f.name: cast[f.type](values.get(f.name, f.default))
+                for f in fields(cls)
+            }
+        )
+
+    @property
+    def scale_known(self) -> bool:
+        """False when the slide's microns per pixel are unknown (see ``mpp_source``)."""
+        return self.mpp_source != "unknown"
 
     @property
     def nuclear_detail_supported(self) -> bool:
         """True when enough nuclei were found to speak of their size and pleomorphism."""
-        return self.nuclei_count >= NUCLEAR_DETAIL_MIN_COUNT
+        return self.scale_known and self.nuclei_count >= NUCLEAR_DETAIL_MIN_COUNT
 
 
 MEASUREMENT_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(MorphologyFacts) if f.name not in BANDS
+    f.name for f in fields(MorphologyFacts) if f.name not in BANDS and f.name != "mpp_source"
 )
+
+# Measurements and bands that need a physical scale: unknown when the mpp is unknown.
+# Stain and white-space shares are ratios of pixels and stay measured.
+SCALE_DEPENDENT_MEASURES = (
+    "mpp_um",
+    "field_width_um",
+    "nuclei_density_per_mm2",
+    "nuclear_area_mean_um2",
+    "nuclear_area_std_um2",
+    "lymphoid_density_per_mm2",
+    "nuclei_density_log_per_mm2",
+)
+SCALE_DEPENDENT_BANDS = (
+    "cellularity",
+    "cellularity_area",
+    "nuclear_size",
+    "pleomorphism",
+    "inflammation_hint",
+)
+UNKNOWN = "unknown"
+
+
+def without_scale(facts: MorphologyFacts) -> MorphologyFacts:
+    """``facts`` of a tile whose mpp is unknown: physical measures NaN, their bands unknown.
+
+    The detector ran on the native pixel grid with its micron thresholds read as pixels
+    (:meth:`MorphologyEncoder.embed`), which is good enough to compare tiles of one slide
+    with each other but says nothing physical; nothing scale-dependent survives here.
+    """
+    return replace(
+        facts,
+        **{name: math.nan for name in SCALE_DEPENDENT_MEASURES},
+        **{name: UNKNOWN for name in SCALE_DEPENDENT_BANDS},
+        mpp_source=UNKNOWN,
+    )
 
 
 class DescriptorComponent(NamedTuple):
@@ -381,7 +455,16 @@ def band_labels(measurements: dict[str, float]) -> dict[str, str]:
 def _facts(measurements: dict[str, float]) -> MorphologyFacts:
     values = {name: float(measurements[name]) for name in MEASUREMENT_NAMES}
     values["nuclei_count"] = int(round(values["nuclei_count"]))
+    values["nuclei_count_log"] = int(values["nuclei_count_log"])
     return MorphologyFacts(**values, **band_labels(measurements))
+
+
+def _with_log_nuclei(measurements: dict[str, float], tile: np.ndarray, mpp: float) -> dict[str, float]:
+    """``measurements`` plus the LoG detector's nuclei count and density per mm2 of tissue."""
+    found = nuclei.count(tile, mpp)
+    tissue_mm2 = measurements["tissue_fraction"] * tile.shape[0] * tile.shape[1] * mpp**2 / 1e6
+    density = found / tissue_mm2 if tissue_mm2 > 0 else 0.0
+    return {**measurements, "nuclei_count_log": found, "nuclei_density_log_per_mm2": density}
 
 
 def _pool_factor(mpp: float, target_mpp: float) -> int:
@@ -860,7 +943,11 @@ def measure(
             measurements, histogram = _measure_batch(
                 tiles[start : start + batch_size], mpp, settings, device
             )
-            facts.extend(_facts(m) for m in measurements)
+            batch = tiles[start : start + batch_size]
+            facts.extend(
+                _facts(_with_log_nuclei(m, t, mpp))
+                for m, t in zip(measurements, batch, strict=True)
+            )
             histograms.append(histogram)
     return facts, raw_descriptors(facts, np.concatenate(histograms))
 
@@ -1015,7 +1102,7 @@ def measure_loop(
     _check_tiles(tiles, mpp)
     measured = [_measure_tile(tile, mpp, settings) for tile in tiles]
     histograms = np.array([h for _, h in measured]).reshape(len(tiles), STAIN_HISTOGRAM_BINS)
-    facts = [_facts(m) for m, _ in measured]
+    facts = [_facts(_with_log_nuclei(m, t, mpp)) for (m, _), t in zip(measured, tiles, strict=True)]
     return facts, raw_descriptors(facts, histograms)
 
 
@@ -1042,7 +1129,14 @@ class MorphologyEncoder:
         dim: length of the embedding (see :data:`DESCRIPTOR_COMPONENTS`).
     """
 
-    encoder_id = "morphology-v1"
+    encoder_id = "morphology-v2"
+    # Near-duplicate cosine of THIS embedding, measured by scripts/calibrate_dedup.py on
+    # 127 CMU skin and 36 tiatoolbox carcinoma patches (448 px at 0.5 um/px): the 5th
+    # percentile of re-scan copies (flips 1.000, 8 um shifts median 0.987, JPEG q75 median
+    # 0.978) is 0.935; different-tissue pairs reach at most 0.612; 3.6 % of pairs of
+    # distinct fields of one tissue score above it. PathGen's 0.88 belongs to CLIP
+    # features: on this vector it merges distinct fields of one tissue (issue 10).
+    dedup_threshold = 0.935
     dim = DESCRIPTOR_DIM
 
     def __init__(
@@ -1056,14 +1150,62 @@ class MorphologyEncoder:
         self.device = device
         self.batch_size = batch_size
 
-    def embed(self, tiles: np.ndarray, mpp: float) -> tuple[np.ndarray, list[MorphologyFacts]]:
+    def embed(
+        self, tiles: np.ndarray, mpp: float | None, *, mpp_source: str = "slide"
+    ) -> tuple[np.ndarray, list[MorphologyFacts]]:
         """(N x dim float32 L2-normalised embeddings, one MorphologyFacts per tile).
 
         Args:
             tiles: uint8 N x H x W x 3 RGB tiles of one size, read at ``mpp``.
-            mpp: microns per pixel of the tiles (level 0 of the slide for 672 px tiles).
+            mpp: microns per pixel of the tiles (level 0 of the slide for 672 px tiles),
+                or None when nobody knows it: the tiles are then measured on their own
+                pixel grid (no downsampling, micron thresholds read as working pixels),
+                the embedding compares tiles of that slide only, and the facts carry no
+                physical measure (:func:`without_scale`). No scale is ever assumed.
+            mpp_source: where ``mpp`` came from ("slide" or "config"), kept in the facts.
         """
+        if mpp is None:
+            facts, raw = measure(
+                tiles,
+                self.settings.work_mpp,
+                settings=self.settings,
+                device=self.device,
+                batch_size=self.batch_size,
+            )
+            return standardise(raw), [without_scale(f) for f in facts]
         facts, raw = measure(
             tiles, mpp, settings=self.settings, device=self.device, batch_size=self.batch_size
         )
+        if mpp_source != "slide":
+            facts = [replace(f, mpp_source=mpp_source) for f in facts]
         return standardise(raw), facts
+
+
+def resolve_mpp(
+    slide_id: str, recorded: float | None, configured: float | None
+) -> tuple[float | None, str]:
+    """(microns per pixel, source) of a slide: its own, else the configured one, else unknown.
+
+    Never a default: a slide without mpp and without configuration is measured without
+    scale (:func:`without_scale`), and its captions say nothing scale-dependent.
+
+    Raises:
+        ValueError: the configured mpp is not positive, or contradicts the slide's own by
+            more than 2 % (one of them is wrong; the message says which to fix).
+    """
+    if configured is not None and not configured > 0:
+        raise ValueError(
+            f"slide {slide_id!r}, stage patch_embeddings: configured mpp_um={configured} is "
+            "not a positive number of microns per pixel; fix the run config"
+        )
+    if recorded:
+        if configured is not None and abs(configured - recorded) > 0.02 * recorded:
+            raise ValueError(
+                f"slide {slide_id!r}, stage patch_embeddings: configured mpp_um={configured} "
+                f"contradicts the {recorded} um/px the slide records; remove mpp_um from the "
+                "run config (the slide's own value is used) or fix the scanner metadata"
+            )
+        return recorded, "slide"
+    if configured is not None:
+        return configured, "config"
+    return None, UNKNOWN

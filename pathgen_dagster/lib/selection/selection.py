@@ -10,7 +10,7 @@ arrays out, the same answer for the same seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -40,6 +40,9 @@ class SelectionConfig:
         cluster_scale: the scale in that formula.
         max_per_slide: cap on selected tiles per slide; also sets the per-cluster quota.
         dedup_threshold: cosine at or above which two selected tiles are near-duplicates.
+            It belongs to the image encoder (each declares one, calibrated by
+            scripts/calibrate_dedup.py): None until :func:`with_encoder_threshold` fills
+            it in, and :func:`select` refuses None rather than guess.
         seed: seed of the k-means initialisation and of the per-cluster draws.
         kmeans_iterations: most Lloyd iterations; stops earlier once labels settle.
     """
@@ -49,12 +52,19 @@ class SelectionConfig:
     tiles_per_cluster_budget: int = 128
     cluster_scale: float = 1.6
     max_per_slide: int = 256
-    dedup_threshold: float = 0.88
+    dedup_threshold: float | None = None
     seed: int = 0
     kmeans_iterations: int = 50
 
 
 DEFAULT_SELECTION = SelectionConfig()
+
+
+def with_encoder_threshold(cfg: SelectionConfig, encoder_threshold: float) -> SelectionConfig:
+    """``cfg`` with the encoder's declared near-duplicate threshold, unless one was set."""
+    if cfg.dedup_threshold is not None:
+        return cfg
+    return replace(cfg, dedup_threshold=encoder_threshold)
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,11 @@ def select(
             as PathGen did with CLIP. Clustering and dedup always use ``image_emb``.
         cfg: selection knobs; PathGen's by default.
     """
+    if cfg.dedup_threshold is None:
+        raise ValueError(
+            "SelectionConfig.dedup_threshold is None: near-duplicate thresholds belong to the "
+            "image encoder; pass with_encoder_threshold(cfg, encoder.dedup_threshold)"
+        )
     image = _as_matrix(image_emb, "image_emb")
     ranked = image if retrieval_emb is None else _as_matrix(retrieval_emb, "retrieval_emb")
     if len(ranked) != len(image):

@@ -125,8 +125,13 @@ def test_facts_are_plausible_on_real_tissue(cmu_facts, carcinoma, pink):
     assert epidermis.tissue_fraction > 0.6
     assert background.tissue_fraction < 0.02
     assert background.lumen_or_fat == "prominent"
-    assert epidermis.cellularity == "high" and epidermis.stroma == "scant"
-    assert dermis.stroma == "abundant"
+    # Looked at (issue 10): the "epidermis" tile is epidermis on its left third and keratin
+    # flakes with white space on the rest, so moderate overall (the old area measure said
+    # high); the "dermis" tile is collagen on the left and epidermis with rete ridges on
+    # the right, so moderate stroma, not abundant.
+    assert epidermis.cellularity == "moderate" and epidermis.stroma == "scant"
+    assert dermis.stroma == "moderate"
+    assert epidermis.nuclei_count_log > 200 and background.nuclei_count_log == 0
     assert epidermis.nuclei_count > 200 and background.nuclei_count < 5
     assert 1000 < epidermis.nuclei_density_per_mm2 < 20000
     assert 20 < epidermis.nuclear_area_mean_um2 < 120
@@ -202,7 +207,7 @@ def test_band_table_reads_measured_fields_with_ordered_edges():
     cellularity = BANDS["cellularity"]
     assert cellularity.label(0.0) == "low"
     assert cellularity.label(cellularity.edges[0]) == "moderate"  # an edge belongs above
-    assert cellularity.label(1.0) == "high"
+    assert cellularity.label(1e5) == "high"  # nuclei per mm2 of tissue
 
 
 def test_descriptor_components_tile_the_vector():

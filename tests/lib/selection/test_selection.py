@@ -22,9 +22,12 @@ from pathgen_dagster.lib.selection.selection import (
     report_scores,
     select,
     similarity,
+    with_encoder_threshold,
 )
 
 DIM = 64
+# These tests use PathGen's CLIP threshold on constructed embeddings.
+CFG = replace(DEFAULT_SELECTION, dedup_threshold=0.88)
 
 
 def random_unit(n: int, seed: int, dim: int = DIM) -> np.ndarray:
@@ -47,7 +50,15 @@ def prompts() -> np.ndarray:
 
 
 def test_defaults_are_pathgen() -> None:
-    assert SelectionConfig(64, 64, 128, 1.6, 256, 0.88, 0, 50) == DEFAULT_SELECTION
+    # The dedup threshold is the encoder's (None until with_encoder_threshold fills it).
+    assert SelectionConfig(64, 64, 128, 1.6, 256, None, 0, 50) == DEFAULT_SELECTION
+    assert with_encoder_threshold(DEFAULT_SELECTION, 0.935).dedup_threshold == 0.935
+    assert with_encoder_threshold(CFG, 0.935).dedup_threshold == 0.88  # set by the user: kept
+
+
+def test_select_refuses_an_undeclared_threshold() -> None:
+    with pytest.raises(ValueError, match="belong to the image encoder"):
+        select(random_unit(3, seed=6), prompt_emb=random_unit(2, seed=7))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +141,7 @@ def test_dedup_keeps_the_higher_priority_tile_and_survives_float32() -> None:
 
 def test_select_caps_at_256_keeping_attribute_picks_and_every_cluster(prompts) -> None:
     image = random_unit(1000, seed=2)
-    result = select(image, prompt_emb=prompts, finding_emb=random_unit(3, seed=3))
+    result = select(image, prompt_emb=prompts, finding_emb=random_unit(3, seed=3), cfg=CFG)
     assert (result.k, result.quota) == (4, 64)
     assert result.n_candidates > 256 and result.n_after_cap == 256 == len(result)
     best_attribute = np.argsort(-attribute_scores(image, prompts)[0], kind="stable")[:64]
@@ -144,7 +155,7 @@ def test_select_caps_at_256_keeping_attribute_picks_and_every_cluster(prompts) -
 def test_select_small_cap_prefers_attribute_then_report_then_clusters(prompts) -> None:
     image = random_unit(1000, seed=2)
     findings = random_unit(2, seed=3)
-    cfg = replace(DEFAULT_SELECTION, top_k_attribute=4, top_k_report=4, max_per_slide=10)
+    cfg = replace(CFG, top_k_attribute=4, top_k_report=4, max_per_slide=10)
     result = select(image, prompt_emb=prompts, finding_emb=findings, cfg=cfg)
     chosen = set(result.tile_index.tolist())
     assert set(np.argsort(-attribute_scores(image, prompts)[0])[:4].tolist()) <= chosen
@@ -157,7 +168,7 @@ def test_select_drops_near_duplicates_after_ranking(prompts) -> None:
     image = random_unit(50, seed=4)
     image[7] = prompts[0]
     image[8] = prompts[0] * 0.999 + image[9] * 0.001  # cosine with tile 7 above 0.88
-    result = select(image, prompt_emb=prompts)
+    result = select(image, prompt_emb=prompts, cfg=CFG)
     chosen = result.tile_index.tolist()
     assert (7 in chosen) != (8 in chosen)
     assert result.n_after_cap == 50 and len(result) == 49
@@ -165,17 +176,17 @@ def test_select_drops_near_duplicates_after_ranking(prompts) -> None:
 
 def test_select_is_deterministic_per_seed(prompts) -> None:
     image = random_unit(1000, seed=5)
-    first = select(image, prompt_emb=prompts)
-    second = select(torch.as_tensor(image), prompt_emb=torch.as_tensor(prompts))
+    first = select(image, prompt_emb=prompts, cfg=CFG)
+    second = select(torch.as_tensor(image), prompt_emb=torch.as_tensor(prompts), cfg=CFG)
     np.testing.assert_array_equal(first.tile_index, second.tile_index)
     np.testing.assert_array_equal(first.cluster_id, second.cluster_id)
     assert first.reasons == second.reasons
-    other = select(image, prompt_emb=prompts, cfg=replace(DEFAULT_SELECTION, seed=1))
+    other = select(image, prompt_emb=prompts, cfg=replace(CFG, seed=1))
     assert first.tile_index.tolist() != other.tile_index.tolist()
 
 
 def test_select_with_fewer_tiles_than_quotas(prompts) -> None:
-    result = select(random_unit(3, seed=6), prompt_emb=prompts)
+    result = select(random_unit(3, seed=6), prompt_emb=prompts, cfg=CFG)
     assert result.tile_index.tolist() == [0, 1, 2]
     assert (result.k, result.quota) == (2, 128)
     assert all(reasons == ["attribute", "cluster"] for reasons in result.reasons)
@@ -183,7 +194,7 @@ def test_select_with_fewer_tiles_than_quotas(prompts) -> None:
 
 
 def test_select_with_zero_tiles(prompts) -> None:
-    result = select(np.zeros((0, DIM), dtype=np.float32), prompt_emb=prompts)
+    result = select(np.zeros((0, DIM), dtype=np.float32), prompt_emb=prompts, cfg=CFG)
     assert len(result) == 0 and result.reasons == []
     assert (result.k, result.quota, result.n_candidates) == (0, 0, 0)
     assert result.report_score is None
@@ -194,10 +205,10 @@ def test_report_ranking_absent_vs_present(prompts) -> None:
     finding = random_unit(1, seed=8)
     # Tiles 10..14 sit next to the finding, so the report ranking must propose them.
     image[10:15] = finding + 0.6 * random_unit(5, seed=9)
-    without = select(image, prompt_emb=prompts)
+    without = select(image, prompt_emb=prompts, cfg=CFG)
     assert without.report_score is None
     assert not any("report" in reasons for reasons in without.reasons)
-    with_report = select(image, prompt_emb=prompts, finding_emb=finding)
+    with_report = select(image, prompt_emb=prompts, finding_emb=finding, cfg=CFG)
     assert with_report.report_score is not None
     assert with_report.report_score.shape == with_report.tile_index.shape
     position = {t: i for i, t in enumerate(with_report.tile_index.tolist())}
@@ -215,7 +226,7 @@ def bench_select() -> None:
         timings = []
         for _ in range(5):
             start = time.perf_counter()
-            result = select(image, prompt_emb=prompt_emb, finding_emb=random_unit(5, seed=1))
+            result = select(image, prompt_emb=prompt_emb, finding_emb=random_unit(5, seed=1), cfg=CFG)
             timings.append(time.perf_counter() - start)
         print(
             f"n={n_tiles:>6} k={result.k:>2} selected={len(result):>3} "
