@@ -46,7 +46,7 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     """The resources every asset, check and sensor may ask for, by key."""
     return {
         "llm": llm_server(),
-        "lakehouse": Lakehouse(root=dg.EnvVar("PATHGEN_LAKEHOUSE")),
+        "lakehouse": Lakehouse.from_env(deferred=True),
         "slide_store": SlideStore(landing=dg.EnvVar("PATHGEN_LANDING")),
         "encoders": Encoders(),
     }
