@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test test-vllm test-ui test-instance lint ui bench bench-vllm clean register
+.PHONY: install demo test test-vllm test-ui test-instance test-s3 test-ray lint ui bench bench-vllm clean register rehearsal
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,18 @@ test-ui: install
 test-instance: install
 	bash scripts/postgres/with_postgres.sh $(VENV)/bin/pytest -q -m "daemon or postgres" tests/instance
 
+# Object-store stage: a real S3 server (moto's, in its own venv: it pins Flask/boto3 stacks
+# the project's lock does not carry) as a subprocess; the lakehouse on s3:// end to end.
+MOTO_VENV ?= .venv-moto
+
+$(MOTO_VENV)/.installed:
+	$(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install -q 'moto[server]==5.2.5'
+	touch $@
+
+test-s3: install $(MOTO_VENV)/.installed
+	PATHGEN_MOTO_PYTHON=$(abspath $(MOTO_VENV)/bin/python) $(VENV)/bin/pytest -q -m s3 tests/s3
+
 # Benchmarks: each prints ratios against a baseline measured in the same run.
 bench: demo
 	$(PY) scripts/bench_tiles.py $(LANDING)/synthetic-aperio-40x.svs
@@ -82,7 +94,7 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -m "not vllm and not ui and not daemon"
+	$(VENV)/bin/pytest -q -m "not vllm and not ui and not daemon and not s3 and not ray"
 
 clean:
 	rm -rf $(LAKEHOUSE) $(LANDING) dagster_home

@@ -11,6 +11,7 @@ import dagster as dg
 
 import assets
 import quality
+from pathgen_dagster.maintenance import lakehouse_maintenance, maintenance_schedule
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.llm import LLMServer
@@ -58,6 +59,8 @@ def defs() -> dg.Definitions:
         assets=dg.load_assets_from_package_module(assets),
         asset_checks=dg.load_asset_checks_from_package_module(quality),
         sensors=[landing_sensor],
+        jobs=[lakehouse_maintenance],
+        schedules=[maintenance_schedule],
         resources=resources(),
         executor=dg.multiprocess_executor.configured(
             {

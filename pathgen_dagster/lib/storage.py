@@ -224,19 +224,33 @@ def describe_failure(storage: Storage, action: str, error: BaseException) -> str
     where = storage.base + (f" (endpoint {storage.endpoint})" if storage.endpoint else "")
     if any(
         word in lowered
-        for word in ("connection refused", "connect error", "error sending request", "dns error",
-                     "failed to connect", "couldn't connect", "tcp connect", "timed out")
+        for word in (
+            "connection refused",
+            "connect error",
+            "error sending request",
+            "dns error",
+            "failed to connect",
+            "couldn't connect",
+            "tcp connect",
+            "timed out",
+        )
     ):
         hint = "the object store is unreachable: check PATHGEN_S3_ENDPOINT and that the server is up"
     elif any(
         word in lowered
-        for word in ("invalidaccesskeyid", "signaturedoesnotmatch", "signature_does_not_match", "access denied", "accessdenied",
-                     "forbidden", "403", "invalid access key", "credentials")
-    ):
-        hint = (
-            "the object store refused the credentials: check AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY"
+        for word in (
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "signature_does_not_match",
+            "access denied",
+            "accessdenied",
+            "forbidden",
+            "403",
+            "invalid access key",
+            "credentials",
         )
+    ):
+        hint = "the object store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     elif "nosuchbucket" in lowered or "bucket does not exist" in lowered or "404" in lowered:
         hint = "the bucket does not exist: create it first"
     else:

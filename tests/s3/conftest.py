@@ -69,9 +69,20 @@ class S3Server:
             "    for item in page.get('Contents', []): print(item['Key'])\n"
         )
         out = subprocess.run(
-            [self.python, "-c", script, self.endpoint, self.region, self.access_key_id,
-             self.secret_access_key, bucket, prefix],
-            check=True, capture_output=True, text=True,
+            [
+                self.python,
+                "-c",
+                script,
+                self.endpoint,
+                self.region,
+                self.access_key_id,
+                self.secret_access_key,
+                bucket,
+                prefix,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         return out.split()
 
@@ -95,7 +106,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
     with open(log, "w") as handle:
         process = subprocess.Popen(
             [str(server_bin), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=handle, stderr=subprocess.STDOUT, env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 60
@@ -105,11 +118,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
+                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.2)
         setup = subprocess.run(
             [python, "-c", SETUP, endpoint, "lake", "lake2"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         keys = json.loads(setup.stdout.strip().splitlines()[-1])
         yield S3Server(endpoint, keys["id"], keys["secret"], REGION, python)

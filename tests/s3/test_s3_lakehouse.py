@@ -29,10 +29,10 @@ def lakehouse_on(server, prefix: str, **changes) -> Lakehouse:
     return Lakehouse(**fields)
 
 
-def slide_errors(slide_id: str, n: int, note: str = "") -> pl.DataFrame:
+def slide_errors(slide_id: str, n: int, note: str = "", table: str = "slide_errors") -> pl.DataFrame:
     from pathgen_dagster.lib.schemas import TABLES
 
-    spec = TABLES["slide_errors"]
+    spec = TABLES[table]
     empty = pl.from_arrow(spec.schema.empty_table())
     rows = []
     for i in range(n):
@@ -67,10 +67,12 @@ def test_tables_sql_and_artefacts_live_in_the_bucket(s3_server):
     assert (v0, v1) == (0, 1)
     assert lakehouse.read("slide_errors", slide_id="slide-a").height == 3
     # DuckDB reads the object store through httpfs with the same settings.
-    counts = lakehouse.sql(
-        "SELECT slide_id, count(*) AS n FROM slide_errors GROUP BY 1 ORDER BY 1"
-    )
+    counts = lakehouse.sql("SELECT slide_id, count(*) AS n FROM slide_errors GROUP BY 1 ORDER BY 1")
     assert counts.rows() == [("slide-a", 3), ("slide-b", 2)]
+    # The response cache: small appends, as the caption agents make them.
+    for batch in range(3):
+        lakehouse.append("llm_responses", slide_errors("slide-a", 2, f"-{batch}", "llm_responses"))
+    assert lakehouse.read("llm_responses", slide_id="slide-a").height == 6
     where = lakehouse.put_artifact("_artifacts/tiles/slide-a.png", b"\x89PNG fake bytes")
     assert where == f"s3://lake/{prefix}/_artifacts/tiles/slide-a.png"
     keys = s3_server.list_keys("lake", prefix)
@@ -81,9 +83,7 @@ def test_tables_sql_and_artefacts_live_in_the_bucket(s3_server):
     with lakehouse.folder("exports/demo") as folder:  # replaces: a.txt is stale now
         (folder / "b.txt").write_text("b")
     # (pyarrow keeps an empty "folder/" marker when it deletes a folder's last object)
-    exported = [
-        key for key in s3_server.list_keys("lake", f"{prefix}/exports/demo") if not key.endswith("/")
-    ]
+    exported = [key for key in s3_server.list_keys("lake", f"{prefix}/exports/demo") if not key.endswith("/")]
     assert exported == [f"{prefix}/exports/demo/b.txt"]
 
 
