@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test test-vllm test-ui test-instance test-s3 test-ray lint ui bench bench-vllm clean register rehearsal
+.PHONY: install demo test test-vllm test-ui test-instance test-s3 lint ui bench bench-vllm clean register rehearsal
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,15 @@ bench: demo
 	$(PY) scripts/bench_agents.py --lakehouse $(LAKEHOUSE)
 	$(PY) scripts/bench_quality.py
 	$(PY) scripts/bench_training_pairs.py
+
+# The 7,000-slide rehearsal (docs/scale.md): metadata scale without pixels. REHEARSAL_ROOT may
+# be s3://bucket/prefix with the object-store variables set. Its own DAGSTER_HOME.
+REHEARSAL_ROOT ?= build/rehearsal
+REHEARSAL_SLIDES ?= 7000
+rehearsal: install
+	mkdir -p build/rehearsal_dagster_home
+	DAGSTER_HOME=$(abspath build/rehearsal_dagster_home) OMP_NUM_THREADS=1 \
+	  $(PY) scripts/rehearsal.py --root $(REHEARSAL_ROOT) --slides $(REHEARSAL_SLIDES)
 
 # vLLM CPU throughput, 1 vs 8 requests in flight.
 bench-vllm: $(VLLM_MODEL)/.ready

@@ -28,7 +28,6 @@ TABLES = (
     "descriptions",
     "revised_descriptions",
     "captions",
-    "llm_responses",
     "caption_quality",
     "training_pairs",
 )
