@@ -74,11 +74,14 @@ def test_whole_chain_on_s3_then_sql_and_lineage(s3_server, sample_landing, landi
     assert not (tmp_path / "lakehouse").exists()
     # SQL over the object store (delta + httpfs, S3 secret from the same settings).
     counts = pathgen(
-        env, "sql", "SELECT slide_id, count(*) AS pairs FROM training_pairs GROUP BY 1 ORDER BY 1"
+        env, "sql", "SELECT slide_id, count(*) AS captions FROM captions GROUP BY 1 ORDER BY 1"
     )
     outputs.append(counts)
     for slide in slides:
         assert slide in counts
+    pairs = pathgen(env, "sql", "SELECT count(*) AS pairs FROM training_pairs")
+    outputs.append(pairs)
+    assert int(pairs.split()[-2]) > 0, pairs
     lineage = pathgen(env, "lineage")
     outputs.append(lineage)
     for stage in ("slide file", "tile", "patch", "description", "revision", "caption", "checks"):
