@@ -7,6 +7,7 @@ credentials in the environment, then ``pathgen register / run / export / sql / l
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_whole_chain_on_s3_then_sql_and_lineage(s3_server, sample_landing, landi
         assert slide in counts
     pairs = pathgen(env, "sql", "SELECT count(*) AS pairs FROM training_pairs")
     outputs.append(pairs)
-    assert int(pairs.split()[-2]) > 0, pairs
+    assert int(re.findall(r"│\s*(\d+)\s*│", pairs)[0]) > 0, pairs
     lineage = pathgen(env, "lineage")
     outputs.append(lineage)
     for stage in ("slide file", "tile", "patch", "description", "revision", "caption", "checks"):
