@@ -11,7 +11,8 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
 # The shell wins: `?=` exports ./landing etc. only when the variable is not already set.
-.PHONY: print-env install demo test test-vllm test-ui test-instance lint ui bench bench-vllm clean register
+.PHONY: print-env install demo test test-vllm test-ui test-instance test-s3 lint ui bench bench-vllm clean \
+  register rehearsal
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +72,18 @@ test-ui: install
 test-instance: install
 	bash scripts/postgres/with_postgres.sh $(VENV)/bin/pytest -q -m "daemon or postgres" tests/instance
 
+# Object-store stage: a real S3 server (moto's, in its own venv: it pins Flask/boto3 stacks
+# the project's lock does not carry) as a subprocess; the lakehouse on s3:// end to end.
+MOTO_VENV ?= .venv-moto
+
+$(MOTO_VENV)/.installed:
+	$(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install -q 'moto[server]==5.2.5'
+	touch $@
+
+test-s3: install $(MOTO_VENV)/.installed
+	PATHGEN_MOTO_PYTHON=$(abspath $(MOTO_VENV)/bin/python) $(VENV)/bin/pytest -q -m s3 tests/s3
+
 # Benchmarks: each prints ratios against a baseline measured in the same run.
 bench: demo
 	$(PY) scripts/bench_tiles.py $(LANDING)
@@ -81,6 +94,15 @@ bench: demo
 	$(PY) scripts/bench_instructions.py --lakehouse $(LAKEHOUSE)
 	$(PY) scripts/bench_hung_server.py
 
+# The 7,000-slide rehearsal (docs/scale.md): metadata scale without pixels. REHEARSAL_ROOT may
+# be s3://bucket/prefix with the object-store variables set. Its own DAGSTER_HOME.
+REHEARSAL_ROOT ?= build/rehearsal
+REHEARSAL_SLIDES ?= 7000
+rehearsal: install
+	mkdir -p build/rehearsal_dagster_home
+	DAGSTER_HOME=$(abspath build/rehearsal_dagster_home) OMP_NUM_THREADS=1 \
+	  $(PY) scripts/rehearsal.py --root $(REHEARSAL_ROOT) --slides $(REHEARSAL_SLIDES)
+
 # vLLM CPU throughput, 1 vs 8 requests in flight.
 bench-vllm: $(VLLM_MODEL)/.ready
 	bash scripts/vllm/ci.sh
@@ -90,7 +112,7 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -m "not vllm and not ui and not daemon"
+	$(VENV)/bin/pytest -q -m "not vllm and not ui and not daemon and not s3 and not ray"
 
 clean:
 	rm -rf $(LAKEHOUSE) $(LANDING) dagster_home

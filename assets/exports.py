@@ -6,6 +6,7 @@ the manifest. Files land in ``<lakehouse root>/exports/<name>/``; a new export r
 old one only once it is complete.
 """
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -31,7 +32,6 @@ from pathgen_dagster.lib.dataset.exports import (
 from pathgen_dagster.lib.dataset.sql_models import quote
 from pathgen_dagster.lib.instructions.generate import InstructionConfig
 from pathgen_dagster.lib.schemas import INSTRUCTIONS, PATCHES, TRAINING_PAIRS
-from pathgen_dagster.lib.sql import connect
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 GROUP = "exports"
@@ -40,9 +40,18 @@ EXPORTS_FOLDER = "exports"
 Writer = Callable[[Iterable[Mapping[str, Any]], Path], ExportSummary]
 
 
-def export_directory(lakehouse: Lakehouse, name: str) -> Path:
-    """``<lakehouse root>/exports/<name>``."""
-    return Path(lakehouse.root).resolve() / EXPORTS_FOLDER / name
+def export_directory(lakehouse: Lakehouse, name: str) -> str:
+    """``<lakehouse root>/exports/<name>`` (a path, or a URL on an object store)."""
+    return lakehouse.location(f"{EXPORTS_FOLDER}/{name}")
+
+
+def export_staging(lakehouse: Lakehouse, name: str) -> contextlib.AbstractContextManager[Path]:
+    """A local folder that becomes export ``name`` only when the block succeeds: a staging
+    folder swapped in by rename (local), or uploaded then stale objects removed (object
+    store)."""
+    if lakehouse.is_object_store:
+        return lakehouse.folder(f"{EXPORTS_FOLDER}/{name}")
+    return replacing(Path(export_directory(lakehouse, name)))
 
 
 def run_export(
@@ -71,8 +80,7 @@ def run_export(
         table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
         for table, version in versions.items()
     }
-    directory = export_directory(lakehouse, name)
-    with connect({}) as connection, replacing(directory) as staging:
+    with lakehouse.connect(views=False) as connection, export_staging(lakehouse, name) as staging:
         expected = connection.sql(f"SELECT count(*) FROM {relation[TRAINING_PAIRS.name]}")
         expected_pairs = expected.fetchone()[0]
         rows = iter_pairs(
@@ -104,8 +112,8 @@ def _result(
             "files": len(manifest["files"]),
             "listed_bytes": size,
             "seconds": round(seconds, 2),
-            "directory": dg.MetadataValue.path(str(directory)),
-            "manifest": dg.MetadataValue.path(str(directory / MANIFEST)),
+            "directory": dg.MetadataValue.path(directory),
+            "manifest": dg.MetadataValue.path(f"{directory}/{MANIFEST}"),
         }
     )
 
@@ -233,11 +241,10 @@ def run_instruction_export(
         versions[table] = version
     instructions_version = lakehouse.version(INSTRUCTIONS.name)
     config = {"max_quarantine_share": max_quarantine_share}
-    directory = export_directory(lakehouse, name)
     if instructions_version is None:
         # Instruction data is a stage of its own: before it first runs there is nothing to
         # export, which the manifest says (an empty list, not a failed whole-dataset run).
-        with replacing(directory) as staging:
+        with export_staging(lakehouse, name) as staging:
             summary = write_llava_json([], staging)
             config["note"] = "instructions never materialized: materialize it, then export again"
             return write_manifest(
@@ -248,7 +255,7 @@ def run_instruction_export(
         table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
         for table, version in versions.items()
     }
-    with connect({}) as connection, replacing(directory) as staging:
+    with lakehouse.connect(views=False) as connection, export_staging(lakehouse, name) as staging:
         expected = count_exportable(
             connection,
             relation[INSTRUCTIONS.name],

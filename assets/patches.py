@@ -5,7 +5,6 @@ import io
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -260,7 +259,6 @@ def patches(
     )
     version = lakehouse.write_slide(PATCHES.name, slide_id, frame)
     top_prompts = frame.group_by("top_prompt").len().sort("len", descending=True).head(5)
-    sheet_path = Path(lakehouse.root) / "_artifacts" / "patches" / f"{slide_id}.png"
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
@@ -283,6 +281,11 @@ def patches(
                 )
             ),
             "preview": preview(frame, ["patch_id", "reasons", "attribute_score", "cluster_id"]),
-            **(picture(contact_sheet(images), sheet_path, "contact sheet") if images else {}),
+            **(picture(
+                    contact_sheet(images),
+                    lakehouse.put_artifact,
+                    f"_artifacts/patches/{slide_id}.png",
+                    "contact sheet",
+                ) if images else {}),
         }
     )

@@ -7,6 +7,7 @@ model is unpartitioned, depends on partitioned tables through ``deps`` only and 
 Delta tables (FACTS.md: no IO manager between the two).
 """
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,6 @@ import polars as pl
 import pyarrow as pa
 
 from pathgen_dagster.lib.dataset.sql_models import SqlModel, discover, quote, render
-from pathgen_dagster.lib.sql import connect
 from pathgen_dagster.metadata import column_schema, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
@@ -76,11 +76,16 @@ def build_model(
         run_id=run_id,
     )
     started = time.perf_counter()
-    with connect({}) as connection:
+    with lakehouse.connect(views=False) as connection:
         # Row order is the SQL's to set (ORDER BY); without one, DuckDB may stream freely.
         connection.execute("SET preserve_insertion_order = false")
         if memory_limit:
-            spill = Path(lakehouse.root).resolve() / "_duckdb_spill"
+            # Spill beside a local lakehouse; an object store's spill stays on local disk.
+            spill = (
+                Path(tempfile.gettempdir()) / "pathgen_duckdb_spill"
+                if lakehouse.is_object_store
+                else Path(lakehouse.location("_duckdb_spill"))
+            )
             connection.execute(f"SET memory_limit = {quote(memory_limit)}")
             connection.execute(f"SET temp_directory = {quote(str(spill))}")
         rows = connection.sql(sql).to_arrow_table()

@@ -1,7 +1,6 @@
 """``tiles``: the tissue tiles of one slide on PathGen's 672 px level-0 grid."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -104,7 +103,6 @@ def tiles(
         },
     )
     version = lakehouse.write_slide(TILES.name, slide_id, frame)
-    picture_path = Path(lakehouse.root) / "_artifacts" / "tiles" / f"{slide_id}.png"
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
@@ -118,6 +116,11 @@ def tiles(
             "seconds": round(elapsed, 2),
             "tiles_per_second": round(grid.grid_cells / elapsed, 1) if elapsed else 0.0,
             "preview": preview(frame, ["tile_id", "x", "y", "tissue_fraction", "blur_variance"]),
-            **picture(overlay(tissue, grid), picture_path, "tissue mask and tile grid"),
+            **picture(
+                overlay(tissue, grid),
+                lakehouse.put_artifact,
+                f"_artifacts/tiles/{slide_id}.png",
+                "tissue mask and tile grid",
+            ),
         }
     )

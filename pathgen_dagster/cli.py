@@ -15,7 +15,7 @@ import polars as pl
 def _lakehouse(args: argparse.Namespace):
     from pathgen_dagster.resources.lakehouse import Lakehouse
 
-    return Lakehouse(root=args.lakehouse)
+    return Lakehouse.from_env(args.lakehouse)
 
 
 def cmd_samples(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import dagster as dg
 import assets
 import quality
 from pathgen_dagster.lib.ingest.registry import LINK_ROOTS_ENV
+from pathgen_dagster.maintenance import lakehouse_maintenance, maintenance_schedule
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.llm import LLMServer
@@ -48,7 +49,7 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     """The resources every asset, check and sensor may ask for, by key."""
     return {
         "llm": llm_server(),
-        "lakehouse": Lakehouse(root=dg.EnvVar("PATHGEN_LAKEHOUSE")),
+        "lakehouse": Lakehouse.from_env(deferred=True),
         "slide_store": SlideStore(
             landing=dg.EnvVar("PATHGEN_LANDING"),
             allowed_link_roots=os.environ.get(LINK_ROOTS_ENV, ""),
@@ -63,6 +64,8 @@ def defs() -> dg.Definitions:
         assets=dg.load_assets_from_package_module(assets),
         asset_checks=dg.load_asset_checks_from_package_module(quality),
         sensors=[landing_sensor, run_health_sensor],
+        jobs=[lakehouse_maintenance],
+        schedules=[maintenance_schedule],
         resources=resources(),
         executor=dg.multiprocess_executor.configured(
             {

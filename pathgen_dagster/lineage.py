@@ -18,7 +18,6 @@ import duckdb
 
 from pathgen_dagster.lib.dataset.sql_models import quote
 from pathgen_dagster.lib.schemas import TABLES
-from pathgen_dagster.lib.sql import connect
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 # patch ids are tile ids, "<slide_id>_x<x>_y<y>_s<size>": the slide id prunes the lookup.
@@ -136,7 +135,7 @@ def trace(lakehouse: Lakehouse, pair_id: str) -> Lineage:
     pairs_version = lakehouse.version("training_pairs")
     if pairs_version is None:
         raise PairNotFound("training_pairs has never been built; materialize it first")
-    with connect({}) as connection:
+    with lakehouse.connect(views=False) as connection:
         pair = find_pair(connection, lakehouse.uri("training_pairs"), pairs_version, pair_id)
         steps = []
         for link in CHAIN:
@@ -299,7 +298,7 @@ def trace_instruction(lakehouse: Lakehouse, instruction_id: str) -> InstructionL
     if match is None:
         raise PairNotFound(f"{instruction_id!r} is not an instruction id (<pair_id>_conv<n>)")
     hint = PAIR_ID.match(match["pair_id"])
-    with connect({}) as connection:
+    with lakehouse.connect(views=False) as connection:
         row = _read_row(
             connection,
             lakehouse.uri("instructions"),

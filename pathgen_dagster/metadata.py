@@ -6,7 +6,7 @@ import base64
 import hashlib
 import io
 import json
-from pathlib import Path
+from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
@@ -43,14 +43,16 @@ def preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.Metad
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def picture(image: np.ndarray, path: Path, title: str) -> dict[str, dg.MetadataValue]:
-    """Save ``image`` as PNG at ``path`` and return metadata that shows it inline."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+def picture(
+    image: np.ndarray, store: Callable[[str, bytes], str], relative: str, title: str
+) -> dict[str, dg.MetadataValue]:
+    """Save ``image`` as PNG through ``store`` (e.g. ``Lakehouse.put_artifact``) at
+    ``relative`` and return metadata that shows it inline and says where it lies."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
+    location = store(relative, buffer.getvalue())
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return {
         title: dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})"),
-        f"{title} file": dg.MetadataValue.path(str(path)),
+        f"{title} file": dg.MetadataValue.path(location),
     }

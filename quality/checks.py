@@ -8,6 +8,7 @@ that slide in the run. The other checks warn.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -25,7 +26,7 @@ from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.metadata import preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
-from quality.expectations import run_suite
+from quality.expectations import QUALITY_FOLDER, run_suite
 
 CAPTION_FIDELITY_GATE = "caption_fidelity_gate"
 CAPTION_EXPECTATIONS = "caption_expectations"
@@ -126,13 +127,21 @@ def caption_expectations(
 ) -> dg.AssetCheckResult:
     slide_id = context.partition_key
     rows = lakehouse.read(CAPTION_QUALITY.name, slide_id=slide_id)
-    outcome = run_suite(
-        rows,
-        slide_id=slide_id,
-        lakehouse_root=lakehouse.root,
-        config=config.fidelity(),
-        ruleset_version=ruleset_version(),
-    )
+    # On an object store the suite writes into a local mirror of _quality/, uploaded after.
+    with lakehouse.folder(QUALITY_FOLDER, mirror=True) as quality_folder:
+        outcome = run_suite(
+            rows,
+            slide_id=slide_id,
+            lakehouse_root=quality_folder.parent,
+            config=config.fidelity(),
+            ruleset_version=ruleset_version(),
+        )
+
+    def where(page: Path | None) -> str:
+        if page is None:
+            return "-"
+        return lakehouse.location(Path(page).relative_to(quality_folder.parent.resolve()).as_posix())
+
     failed = [o for o in outcome.outcomes if not o.success]
     lines = ["| expectation | column | success | unexpected % |", "|---|---|---|---|"]
     lines += [
@@ -140,7 +149,7 @@ def caption_expectations(
         f"{'' if o.unexpected_percent is None else f'{o.unexpected_percent:.1f}'} |"
         for o in outcome.outcomes
     ]
-    page = outcome.validation_page or outcome.index_page
+    page = where(outcome.validation_page or outcome.index_page)
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=dg.AssetCheckSeverity.WARN,
@@ -160,8 +169,8 @@ def caption_expectations(
             "successful_expectations": outcome.successful,
             "success_percent": round(100 * outcome.successful / max(outcome.evaluated, 1), 1),
             "expectations": dg.MetadataValue.md("\n".join(lines)),
-            "data_docs": dg.MetadataValue.path(str(page)),
-            "data_docs_index": dg.MetadataValue.path(str(outcome.index_page)),
+            "data_docs": dg.MetadataValue.path(page),
+            "data_docs_index": dg.MetadataValue.path(where(outcome.index_page)),
             "gx_seconds": round(outcome.seconds, 3),
         },
     )

@@ -9,19 +9,28 @@ committed table version so rows downstream can record what they were built from.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
 
 from pathgen_dagster.lib.schemas import TableSpec
 
 MAX_COMMIT_ATTEMPTS = 8
+# Commit metadata key carrying the id of the write that made a commit: the writer finds its
+# own version in ``history()`` by it, exact even when other writers commit in between.
+WRITE_ID_KEY = "pathgen.write_id"
+# How far back in history a writer looks for its own commit (a writer that lost more races
+# than this in between would raise rather than guess).
+HISTORY_LOOKBACK = 200
 
 
 class SchemaMismatch(ValueError):
@@ -100,15 +109,24 @@ def _is_list(data_type: pa.DataType) -> bool:
     )
 
 
-def table_version(uri: str) -> int | None:
+StorageOptions = dict[str, str] | None
+
+
+def table_version(uri: str, storage_options: StorageOptions = None) -> int | None:
     """Current version of the Delta table at ``uri``, or None when it does not exist yet."""
     try:
-        return DeltaTable(uri).version()
+        return DeltaTable(uri, storage_options=storage_options).version()
     except TableNotFoundError:
         return None
 
 
-def write_partition(uri: str, spec: TableSpec, slide_id: str, rows: pa.Table | pl.DataFrame) -> int:
+def write_partition(
+    uri: str,
+    spec: TableSpec,
+    slide_id: str,
+    rows: pa.Table | pl.DataFrame,
+    storage_options: StorageOptions = None,
+) -> int:
     """Replace exactly ``slide_id``'s rows of the table at ``uri``; return the new version.
 
     Every row must belong to ``slide_id``. Zero rows is valid: the slide's old rows are
@@ -118,18 +136,24 @@ def write_partition(uri: str, spec: TableSpec, slide_id: str, rows: pa.Table | p
     if table.num_rows and set(table.column("slide_id").to_pylist()) != {slide_id}:
         raise SchemaMismatch(f"table {spec.name!r}: rows of other slides in partition {slide_id!r}")
     predicate = f"slide_id = '{_quote(slide_id)}'"
-    return _commit(uri, table, spec, predicate=predicate)
+    return _commit(uri, table, spec, predicate=predicate, storage_options=storage_options)
 
 
-def write_whole(uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame) -> int:
+def write_whole(
+    uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame, storage_options: StorageOptions = None
+) -> int:
     """Replace the whole (unpartitioned) table at ``uri``; return the new version."""
-    return _commit(uri, conform(spec, rows), spec, predicate=None)
+    return _commit(uri, conform(spec, rows), spec, predicate=None, storage_options=storage_options)
 
 
-def append(uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame) -> int:
+def append(
+    uri: str, spec: TableSpec, rows: pa.Table | pl.DataFrame, storage_options: StorageOptions = None
+) -> int:
     """Append rows (for append-only tables such as the response cache); return the version."""
     table = conform(spec, rows)
-    return _commit(uri, table, spec, predicate=None, mode="append")
+    return _commit(
+        uri, table, spec, predicate=None, mode="append", storage_options=storage_options
+    )
 
 
 LOW_SPACE_BYTES = 1 << 20
@@ -187,39 +211,52 @@ def _storage_error(
 
 
 def _commit(
-    uri: str, table: pa.Table, spec: TableSpec, *, predicate: str | None, mode: str = "overwrite"
+    uri: str,
+    table: pa.Table,
+    spec: TableSpec,
+    *,
+    predicate: str | None,
+    mode: str = "overwrite",
+    storage_options: StorageOptions = None,
 ) -> int:
     has_slide = "slide_id" in table.column_names
     slide_ids = sorted(set(table.column("slide_id").to_pylist())) if has_slide else []
-    try:
-        Path(uri).mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise _storage_error(error, uri, spec, slide_ids, 0) or error from error
-    # The folders this write puts data files into, to remove what a failed write left.
-    folders = (
-        [Path(uri) / f"slide_id={slide}" for slide in slide_ids]
-        if list(spec.partition_by) == ["slide_id"]
-        else [Path(uri)]
-    )
+    local = storage_options is None and "://" not in uri
+    if local:
+        try:
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _storage_error(error, uri, spec, slide_ids, 0) or error from error
+    # The local folders this write puts data files into, to remove what a failed write left.
+    if not local:
+        folders = []
+    elif list(spec.partition_by) == ["slide_id"]:
+        folders = [Path(uri) / f"slide_id={slide}" for slide in slide_ids]
+    else:
+        folders = [Path(uri)]
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         before = _data_files(folders)
+        write_id = uuid.uuid4().hex
         try:
+            exists = table_version(uri, storage_options) is not None
             write_deltalake(
                 uri,
                 table,
                 mode=mode,
-                predicate=predicate if table_version(uri) is not None else None,
+                predicate=predicate if exists else None,
                 partition_by=list(spec.partition_by) or None,
                 schema_mode=None,
+                storage_options=storage_options,
+                commit_properties=CommitProperties(custom_metadata={WRITE_ID_KEY: write_id}),
             )
-            return DeltaTable(uri).version()
+            return committed_version(uri, write_id, storage_options)
         except CommitFailedError:
             if attempt == MAX_COMMIT_ATTEMPTS:
                 raise
             # Another writer committed first (optimistic concurrency): back off and retry.
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
         except Exception as error:
-            if _storage_error(error, uri, spec, slide_ids, 0) is None:
+            if not local or _storage_error(error, uri, spec, slide_ids, 0) is None:
                 raise
             # Nothing was committed: files this attempt wrote are referenced by no version.
             removed = _remove_unreferenced(uri, _data_files(folders) - before)
@@ -243,6 +280,26 @@ def _remove_unreferenced(uri: str, created: set[Path]) -> int:
         except OSError:  # a read-only file system keeps what it refused to finish
             pass
     return removed
+
+
+def committed_version(uri: str, write_id: str, storage_options: StorageOptions = None) -> int:
+    """The version of the commit tagged ``write_id`` (this writer's own, not the latest).
+
+    Reads the commit files themselves, newest first from the version seen after the write:
+    ``DeltaTable.history()`` numbers its entries from the snapshot it loaded, and right after
+    concurrent commits those numbers were seen off by one or more (deltalake 1.6.6, moto S3).
+    """
+    latest = DeltaTable(uri, storage_options=storage_options).version()
+    handler = DeltaStorageHandler(uri, storage_options)
+    for version in range(latest, max(-1, latest - HISTORY_LOOKBACK), -1):
+        with handler.open_input_stream(f"_delta_log/{version:020d}.json") as stream:
+            for line in stream.read().decode().splitlines():
+                if '"commitInfo"' in line and json.loads(line)["commitInfo"].get(WRITE_ID_KEY) == write_id:
+                    return version
+    raise RuntimeError(
+        f"Delta table {uri}: commit {write_id} is not among the last {HISTORY_LOOKBACK} "
+        "commits; more writers committed in between than the writer looks back over"
+    )
 
 
 def _quote(value: str) -> str:

@@ -241,16 +241,21 @@ def image_path(directory: Path, row: Mapping[str, Any]) -> Path:
 
 
 def write_image_folder_csv(
-    rows: Iterable[Mapping[str, Any]], directory: Path, *, final_directory: Path | None = None
+    rows: Iterable[Mapping[str, Any]], directory: Path, *, final_directory: Path | str | None = None
 ) -> ExportSummary:
     """``images/`` + ``train.csv`` (filepath, title; tab separated) for open_clip's CSV loader.
 
     ``filepath`` is absolute: open_clip opens the path as given, from whatever folder
     training runs in. It points into ``final_directory`` (where the export will live once
     :func:`replacing` swaps it in; ``directory`` by default). After moving the folder,
-    rewrite the prefix or export again.
+    rewrite the prefix or export again. A string ``final_directory`` (an object-store URL
+    such as ``s3://bucket/lake/exports/image_folder_csv``) is used as given.
     """
-    final_directory = (final_directory or directory).resolve()
+    final = (
+        final_directory.rstrip("/")
+        if isinstance(final_directory, str)
+        else str((final_directory or directory).resolve())
+    )
     summary = ExportSummary("image_folder_csv")
     slides: set[str] = set()
     table = directory / "train.csv"
@@ -267,7 +272,7 @@ def write_image_folder_csv(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(image)
             relative = path.relative_to(directory).as_posix()
-            writer.writerow([str(final_directory / relative), row["caption"], row["pair_id"]])
+            writer.writerow([f"{final}/{relative}", row["caption"], row["pair_id"]])
             checksum_handle.write(f"{row['image_sha256']}  {relative}\n")
             summary.pairs += 1
             slides.add(row["slide_id"])

@@ -1,0 +1,1 @@
+"""Table maintenance: compaction, checkpoints and a lineage-safe vacuum."""
