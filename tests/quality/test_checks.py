@@ -265,7 +265,8 @@ def test_a_passed_gate_with_no_passing_caption_says_it_yields_no_pairs(
 ):
     write_slide(lakehouse, "first", GOOD_CAPTIONS)
     assert materialize_quality("first", instance, resources).success
-    write_slide(lakehouse, "copies", [GOOD_CAPTIONS[0].upper()])  # a duplicate: not severe
+    # A caption cut before its full stop fails a warn rule only: quarantined, not blocking.
+    write_slide(lakehouse, "copies", [GOOD_CAPTIONS[0].rstrip(".")])
     result = materialize_quality("copies", instance, resources)
     gate = evaluations(result)[checks.CAPTION_FIDELITY_GATE]
     assert gate.passed
@@ -277,15 +278,19 @@ def test_a_passed_gate_with_no_passing_caption_says_it_yields_no_pairs(
     assert f"{len(GOOD_CAPTIONS)} of {len(GOOD_CAPTIONS)} captions passed every rule" in text
 
 
-def test_duplicates_across_slides_are_quarantined(instance, resources, lakehouse):
+def test_a_slides_verdicts_ignore_other_slides_but_catch_its_own_duplicates(
+    instance, resources, lakehouse
+):
+    # Issue 16: a verdict that depends on which slide was committed first is not a verdict.
+    # A copy of another slide's caption is left to the whole-dataset step; a copy inside
+    # one slide is still quarantined.
     write_slide(lakehouse, "first", GOOD_CAPTIONS)
     assert materialize_quality("first", instance, resources).success
-    write_slide(lakehouse, "second", [GOOD_CAPTIONS[0].upper(), "Fibrous stroma with collagen bundles."])
+    write_slide(lakehouse, "second", [GOOD_CAPTIONS[0].upper(), GOOD_CAPTIONS[0]])
     materialize_quality("second", instance, resources)
     rows = lakehouse.read("caption_quality", slide_id="second").sort("patch_id")
-    copy = rows.row(0, named=True)
-    assert copy["duplicate_of"] == "first_x0_y0_s672" and "unique_caption" in copy["failed_rules"]
-    # Checking the first slide again does not flag its own original.
+    flagged = [r for r in rows.iter_rows(named=True) if "unique_caption" in r["failed_rules"]]
+    assert len(flagged) == 1 and flagged[0]["duplicate_of"].startswith("second_")
     assert materialize_quality("first", instance, resources).success
     assert lakehouse.read("caption_quality", slide_id="first")["passed"].all()
 
