@@ -33,6 +33,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -365,10 +366,13 @@ def replacing(directory: Path) -> Iterator[Path]:
     """A fresh staging folder that replaces ``directory`` only when the block succeeds.
 
     A failed export leaves the previous one untouched; readers never see half a new one
-    (the swap is two renames on one filesystem).
+    (the swap is two renames on one filesystem). Staging and retired folders are named after
+    the writing process, so folders left by a process that was killed (SIGKILL runs no
+    clean-up) are removed by the next export of the same name.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
+    remove_abandoned(directory)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging = directory.with_name(f".{directory.name}.staging-{token}")
     staging.mkdir()
     try:
@@ -381,6 +385,28 @@ def replacing(directory: Path) -> Iterator[Path]:
         directory.rename(retired)
     staging.rename(directory)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_abandoned(directory: Path) -> list[Path]:
+    """Removes the staging/retired folders of ``directory`` whose writing process is gone."""
+    pattern = re.compile(rf"^\.{re.escape(directory.name)}\.(staging|retired)-(\d+)-[0-9a-f]+$")
+    removed = []
+    for path in directory.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and not _process_alive(int(match[2])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

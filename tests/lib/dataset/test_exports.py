@@ -4,6 +4,9 @@ import csv
 import hashlib
 import io
 import json
+import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -170,3 +173,27 @@ def test_csv_captions_with_quotes_survive(tmp_path: Path, pair_rows):
         [record] = list(csv.DictReader(handle, delimiter="\t"))
     assert record["title"] == 'A "quoted" caption, with comma'
     assert np.asarray(Image.open(record["filepath"])).shape == (SIZE, SIZE, 3)
+
+
+def test_a_killed_export_leaves_nothing_the_next_export_keeps(tmp_path):
+    # A real process killed with SIGKILL inside ``replacing`` runs no clean-up of its own.
+    target = tmp_path / "exports" / "pathgen_json"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pathgen_dagster.lib.dataset.exports import replacing\n"
+        "with replacing(Path(sys.argv[1])) as staging:\n"
+        "    (staging / 'part.json').write_text('[')\n"
+        "    print('staged', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "staged"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    [abandoned] = [p for p in target.parent.iterdir() if ".staging-" in p.name]
+    assert (abandoned / "part.json").exists()
+    with replacing(target) as staging:
+        (staging / "pairs.json").write_text("[]")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["pathgen_json"]
+    assert [p.name for p in target.iterdir()] == ["pairs.json"]
