@@ -97,6 +97,7 @@ def _run_isolated(
     import signal
     import subprocess
     import sys
+    import tempfile
     import time
 
     outcomes = []
@@ -106,9 +107,20 @@ def _run_isolated(
         if memory_limit_mb:
             command += ["--memory-limit-mb", str(memory_limit_mb)]
         started = time.perf_counter()
-        child = subprocess.run(command, capture_output=True, text=True)
+        reported = []
+        with tempfile.TemporaryFile("w+") as stderr:
+            # The child's progress (waiting for a pool slot, behind which run) is passed on
+            # as it happens; its stderr goes to a file so a chatty child cannot block a pipe.
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as child:
+                for line in child.stdout:
+                    line = line.rstrip("\n")
+                    if line.startswith(_OUTCOME):
+                        reported.append(line)
+                    elif line.startswith(_PROGRESS):
+                        progress(line[len(_PROGRESS) :])
+            stderr.seek(0)
+            child_stderr = stderr.read()
         seconds = time.perf_counter() - started
-        reported = [line for line in child.stdout.splitlines() if line.startswith(_OUTCOME)]
         if reported:
             data = json.loads(reported[-1][len(_OUTCOME) :])
             outcome = SlideOutcome(slide_id, data["success"], data["run_id"], seconds, data["error"])
@@ -119,7 +131,7 @@ def _run_isolated(
                 slide_id, False, None, seconds, f"the slide's process was killed by {name}{hint}"
             )
         else:
-            tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            tail = (child_stderr.strip().splitlines() or ["no output"])[-1]
             outcome = SlideOutcome(
                 slide_id,
                 False,
@@ -134,6 +146,7 @@ def _run_isolated(
 
 
 _OUTCOME = "PATHGEN_SLIDE_OUTCOME "
+_PROGRESS = "PATHGEN_SLIDE_PROGRESS "
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +154,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
     import resource
+
+    from pathgen_dagster.process_guard import die_with_parent
 
     parser = argparse.ArgumentParser(description="run one slide (used by `pathgen run`)")
     parser.add_argument("slide_id")
@@ -151,9 +166,20 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     if args.memory_limit_mb:
         limit = args.memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # A `pathgen run` killed with SIGKILL takes its slide with it: the run is then dead
+    # (its process gone), so its pool slots are freed, not held by an orphan.
+    die_with_parent()
     quiet_console()
+    own_status = f"[1/1] {args.slide_id}: "  # the parent prints its own status line
+
+    def progress(line: str) -> None:
+        if not line.startswith(own_status):
+            print(_PROGRESS + line, flush=True)
+
     with dg.DagsterInstance.get() as instance:
-        [outcome] = run_slides(instance, [args.slide_id], selection=args.select, log_level=args.log_level)
+        [outcome] = run_slides(
+            instance, [args.slide_id], selection=args.select, log_level=args.log_level, progress=progress
+        )
     print(
         _OUTCOME + json.dumps({"success": outcome.success, "run_id": outcome.run_id, "error": outcome.error}),
         flush=True,

@@ -9,6 +9,7 @@ rules; the export leaves such slides out.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -29,6 +30,7 @@ from pathgen_dagster.lib.schemas import INSTRUCTIONS, PATCHES, TRAINING_PAIRS
 from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
+from quality.expectations import QUALITY_FOLDER
 from quality.instruction_expectations import run_instruction_suite
 
 INSTRUCTIONS_GATE = "instructions_gate"
@@ -170,12 +172,19 @@ def instruction_expectations(
 ) -> dg.AssetCheckResult:
     slide_id = context.partition_key
     rows = lakehouse.read(INSTRUCTIONS.name, slide_id=slide_id)
-    outcome = run_instruction_suite(
-        rows,
-        slide_id=slide_id,
-        lakehouse_root=lakehouse.root,
-        ruleset_version=RULESET_VERSION,
-        max_quarantine_share=config.max_quarantine_share,
+    # On an object store the suite writes into a local mirror of _quality/, uploaded after.
+    with lakehouse.folder(QUALITY_FOLDER, mirror=True) as quality_folder:
+        outcome = run_instruction_suite(
+            rows,
+            slide_id=slide_id,
+            lakehouse_root=quality_folder.parent,
+            ruleset_version=RULESET_VERSION,
+            max_quarantine_share=config.max_quarantine_share,
+        )
+    index_page = (
+        lakehouse.location(Path(outcome.index_page).relative_to(quality_folder.parent.resolve()).as_posix())
+        if outcome.index_page
+        else "-"
     )
     failed = [f"{o.expectation}({o.column})" for o in outcome.outcomes if not o.success]
     return dg.AssetCheckResult(
@@ -190,6 +199,6 @@ def instruction_expectations(
             "evaluated": outcome.evaluated,
             "successful": outcome.successful,
             "seconds": round(outcome.seconds, 2),
-            "data_docs": dg.MetadataValue.path(str(outcome.index_page)),
+            "data_docs": dg.MetadataValue.path(index_page),
         },
     )

@@ -39,6 +39,7 @@ class Command:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: the slide's child process too
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -47,6 +48,10 @@ class Command:
     def _read(self) -> None:
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to `pathgen run` and the slide process it started."""
+        os.killpg(self.process.pid, signum)
 
     def output(self) -> str:
         return "\n".join(self.lines)
@@ -81,13 +86,10 @@ def slot_holders(site: Site, pool: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def run_of_pid(site: Site, pid: int) -> dg.DagsterRun:
+def run_pid(site: Site, run_id: str) -> int:
+    """The pid of the process that executes ``run_id`` (the slide's child of `pathgen run`)."""
     with site.instance() as instance:
-        for run in instance.get_runs():
-            identity = run.tags.get(run_health.PROCESS_TAG, "")
-            if identity.split("/")[2:3] == [str(pid)]:
-                return run
-    raise LookupError(pid)
+        return int(instance.get_run_by_id(run_id).tags[run_health.PROCESS_TAG].split("/")[2])
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def start_and_freeze_at_tiles(site: Site, slide: str) -> tuple[Command, str]:
         assert time.monotonic() < deadline, command.output()
         claimed = set(slot_holders(site, "tile_readers")) - before
         if claimed:
-            os.kill(command.process.pid, signal.SIGSTOP)
+            command.signal(signal.SIGSTOP)
             return command, claimed.pop()
         time.sleep(0.005)
 
@@ -132,8 +134,8 @@ def test_a_run_waiting_behind_a_killed_run_says_so_clears_it_and_finishes(site: 
             what="the waiting run to name the run it waits behind",
             show=waiter.output,
         )
-        assert f"pid {holder.process.pid} alive; holds tile_readers:tiles" in waiter.output()
-        os.kill(holder.process.pid, signal.SIGKILL)
+        assert f"pid {run_pid(site, holder_id)} alive; holds tile_readers:tiles" in waiter.output()
+        holder.signal(signal.SIGKILL)
         assert holder.wait(timeout=30) == -signal.SIGKILL
         assert waiter.wait(timeout=300) == 0, waiter.output()
     finally:
@@ -158,11 +160,11 @@ def test_a_run_waiting_behind_a_killed_run_says_so_clears_it_and_finishes(site: 
 def test_pathgen_runs_lists_killed_runs_and_clear_dead_frees_their_slots(site: Site):
     # Each is frozen holding its slot before the next starts (a `pathgen run` sweeps dead
     # runs when it starts), then both are killed.
-    commands = [start_and_freeze_at_tiles(site, slide)[0] for slide in SLIDES[:2]]
-    for command in commands:
-        os.kill(command.process.pid, signal.SIGKILL)
+    frozen = [start_and_freeze_at_tiles(site, slide) for slide in SLIDES[:2]]
+    for command, _ in frozen:
+        command.signal(signal.SIGKILL)
         command.wait(timeout=30)
-    killed = [run_of_pid(site, command.process.pid).run_id for command in commands]
+    killed = [run_id for _, run_id in frozen]
     # The fault as found: the dead runs stay STARTED and keep both slots (2 of 2).
     with site.instance() as instance:
         assert {instance.get_run_by_id(r).status for r in killed} == {dg.DagsterRunStatus.STARTED}
