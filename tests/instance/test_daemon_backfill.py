@@ -191,10 +191,11 @@ def test_graphql_backfill_holds_every_pool_to_its_limit(server, site, max_concur
         seconds = time.perf_counter() - started
         outcome = backfill_outcome(instance, backfill_id, pipeline.names)
         report = {"graphql_backfill_seconds": round(seconds, 1), "status": state["status"]}
+        steps_at_once = {}
         for pool in pools:
             steps = {step for step, p in pipeline.pools.items() if p == pool}
             spans = [s for s in step_spans(instance, steps) if s.run_id in outcome.run_ids]
-            at_once = most_at_once(spans)
+            at_once = steps_at_once[pool] = most_at_once(spans)
             report[f"pool_{pool}"] = {
                 "limit": limits[pool],
                 "most_slots_claimed_seen": most_claimed[pool],
@@ -215,7 +216,9 @@ def test_graphql_backfill_holds_every_pool_to_its_limit(server, site, max_concur
 
     assert state["status"] in ("COMPLETED_SUCCESS", "COMPLETED_FAILED"), state
     assert not outcome.unexpected_failures(), outcome.unexpected_failures()
-    assert most_claimed["tile_readers"] == limits["tile_readers"]  # the limit was reached ...
+    # The limit was reached: read from the steps' own start/end events, since a tiles step
+    # holds its slot for about a second and polling the slot count can miss the overlap ...
+    assert steps_at_once["tile_readers"] == limits["tile_readers"]
     for stage in ("slides", "tiles", pipeline.final):  # ... and every slide got through
         assert sorted(outcome.materialized[stage]) == SAMPLE_IDS, stage
     rows = Lakehouse(root=str(site.lakehouse)).read(pipeline.final)
