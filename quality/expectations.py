@@ -12,9 +12,10 @@ Dagster run process loads this module with the code location.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -175,6 +176,38 @@ def run_suite(
         config: thresholds (the same ones the fidelity rules and the gate use).
         ruleset_version: the rule-set id every row must carry.
     """
+    modes = rows["alignment_mode"].unique().to_list() if len(rows) else []
+    return validate_frame(
+        lambda: build_suite(
+            config,
+            ruleset_version=ruleset_version,
+            alignment_mode=modes[0] if len(modes) == 1 else "minilm_facts",
+        ),
+        rows.select(VALIDATED_COLUMNS).to_pandas(),
+        lakehouse_root=lakehouse_root,
+        run_name=slide_id,
+        validation_name=f"{SUITE_NAME}-{slide_id}",
+        asset_name=slide_id,
+        batch_name="caption_quality",
+    )
+
+
+def validate_frame(
+    make_suite: Callable[[], Any],
+    frame: Any,
+    *,
+    lakehouse_root: str | Path,
+    run_name: str,
+    validation_name: str,
+    asset_name: str,
+    batch_name: str,
+) -> SuiteOutcome:
+    """Run the suite ``make_suite`` builds over a pandas ``frame`` in an ephemeral context;
+    results and data docs go under ``lakehouse_root/_quality/`` (shared by every suite).
+
+    The suite is built by a callable because great-expectations only builds suites once a
+    data context is active.
+    """
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import (
@@ -208,33 +241,24 @@ def run_suite(
     }
     project.progress_bars = ProgressBarsConfig(globally=False)
     context = gx.get_context(mode="ephemeral", project_config=project)
-    modes = rows["alignment_mode"].unique().to_list() if len(rows) else []
-    suite = context.suites.add(
-        build_suite(
-            config,
-            ruleset_version=ruleset_version,
-            alignment_mode=modes[0] if len(modes) == 1 else "minilm_facts",
-        )
-    )
     batch = (
         context.data_sources.add_pandas("lakehouse")
-        .add_dataframe_asset(slide_id)
-        .add_batch_definition_whole_dataframe("caption_quality")
+        .add_dataframe_asset(asset_name)
+        .add_batch_definition_whole_dataframe(batch_name)
     )
     validation = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{SUITE_NAME}-{slide_id}", data=batch, suite=suite)
+        gx.ValidationDefinition(name=validation_name, data=batch, suite=context.suites.add(make_suite()))
     )
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
-            name=f"{SUITE_NAME}-{slide_id}",
+            name=validation_name,
             validation_definitions=[validation],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DATA_DOCS_SITE])],
             result_format={"result_format": "SUMMARY"},
         )
     )
-    frame = rows.select(VALIDATED_COLUMNS).to_pandas()
     result = checkpoint.run(
-        batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=slide_id)
+        batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
     )
     (identifier, validation_result), *_ = result.run_results.items()
     outcomes = [

@@ -11,7 +11,6 @@ exported row (unique per image).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,13 +19,7 @@ import polars as pl
 from pathgen_dagster.lib.instructions.conversation import GPT, HUMAN, IMAGE_TOKEN
 from pathgen_dagster.lib.instructions.multiple_choice import LETTERS, N_OPTIONS
 from pathgen_dagster.lib.instructions.rules import KINDS, Instruction, question_key
-from quality.expectations import (
-    DATA_DOCS_SITE,
-    ExpectationOutcome,
-    SuiteOutcome,
-    data_docs_dir,
-    results_dir,
-)
+from quality.expectations import SuiteOutcome, validate_frame
 
 SUITE_NAME = "instructions"
 
@@ -100,71 +93,12 @@ def run_instruction_suite(
     max_quarantine_share: float,
 ) -> SuiteOutcome:
     """Validate one slide's ``instructions`` rows and rebuild the data docs."""
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
-
-    started = time.perf_counter()
-    docs, results = data_docs_dir(lakehouse_root), results_dir(lakehouse_root)
-    project = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
-    )
-    project.stores["validation_results_store"] = {
-        "class_name": "ValidationResultsStore",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(results)},
-    }
-    project.data_docs_sites = {
-        DATA_DOCS_SITE: {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        }
-    }
-    project.progress_bars = ProgressBarsConfig(globally=False)
-    context = gx.get_context(mode="ephemeral", project_config=project)
-    suite = context.suites.add(
-        build_suite(ruleset_version=ruleset_version, max_quarantine_share=max_quarantine_share)
-    )
-    batch = (
-        context.data_sources.add_pandas("lakehouse")
-        .add_dataframe_asset(f"{slide_id}-instructions")
-        .add_batch_definition_whole_dataframe("instructions")
-    )
-    validation = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{SUITE_NAME}-{slide_id}", data=batch, suite=suite)
-    )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=f"{SUITE_NAME}-{slide_id}",
-            validation_definitions=[validation],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[DATA_DOCS_SITE])],
-            result_format={"result_format": "SUMMARY"},
-        )
-    )
-    result = checkpoint.run(
-        batch_parameters={"dataframe": suite_frame(rows)}, run_id=RunIdentifier(run_name=slide_id)
-    )
-    (identifier, validation_result), *_ = result.run_results.items()
-    outcomes = [
-        ExpectationOutcome(
-            expectation=r.expectation_config.type,
-            column=r.expectation_config.kwargs.get("column"),
-            success=bool(r.success),
-            unexpected_percent=r.result.get("unexpected_percent"),
-            observed=r.result.get("observed_value"),
-        )
-        for r in validation_result.results
-    ]
-    urls = context.get_docs_sites_urls(resource_identifier=identifier, site_names=[DATA_DOCS_SITE])
-    page = Path(urls[0]["site_url"].removeprefix("file://")) if urls else None
-    return SuiteOutcome(
-        success=bool(result.success),
-        outcomes=outcomes,
-        validation_page=page,
-        index_page=docs / "index.html",
-        seconds=time.perf_counter() - started,
+    return validate_frame(
+        lambda: build_suite(ruleset_version=ruleset_version, max_quarantine_share=max_quarantine_share),
+        suite_frame(rows),
+        lakehouse_root=lakehouse_root,
+        run_name=slide_id,
+        validation_name=f"{SUITE_NAME}-{slide_id}",
+        asset_name=f"{slide_id}-instructions",
+        batch_name="instructions",
     )
