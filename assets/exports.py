@@ -54,6 +54,21 @@ def export_staging(lakehouse: Lakehouse, name: str) -> contextlib.AbstractContex
     return replacing(Path(export_directory(lakehouse, name)))
 
 
+def pinned_versions(lakehouse: Lakehouse, name: str, tables: list[str]) -> dict[str, int]:
+    """The current version of each source table of export ``name``, pinned for the export.
+
+    Raises:
+        ExportError: a source table has never been written.
+    """
+    versions = {}
+    for table in tables:
+        version = lakehouse.version(table)
+        if version is None:
+            raise ExportError(f"export {name}: table {table!r} has never been written")
+        versions[table] = version
+    return versions
+
+
 def run_export(
     lakehouse: Lakehouse,
     name: str,
@@ -69,13 +84,9 @@ def run_export(
         ExportError: a source table is missing, a pair has no (or a changed) image, or the
             export's pair count differs from the table's.
     """
-    tables = [TRAINING_PAIRS.name, *([PATCHES.name] if with_images else [])]
-    versions: dict[str, int] = {}
-    for table in tables:
-        version = lakehouse.version(table)
-        if version is None:
-            raise ExportError(f"export {name}: table {table!r} has never been written")
-        versions[table] = version
+    versions = pinned_versions(
+        lakehouse, name, [TRAINING_PAIRS.name, *([PATCHES.name] if with_images else [])]
+    )
     relation = {
         table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
         for table, version in versions.items()
@@ -233,12 +244,7 @@ def run_instruction_export(
             export's record count differs from the exportable rows of the table.
     """
     name = "llava_instruct"
-    versions: dict[str, int] = {}
-    for table in (TRAINING_PAIRS.name, PATCHES.name):
-        version = lakehouse.version(table)
-        if version is None:
-            raise ExportError(f"export {name}: table {table!r} has never been written")
-        versions[table] = version
+    versions = pinned_versions(lakehouse, name, [TRAINING_PAIRS.name, PATCHES.name])
     instructions_version = lakehouse.version(INSTRUCTIONS.name)
     config = {"max_quarantine_share": max_quarantine_share}
     if instructions_version is None:
