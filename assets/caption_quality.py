@@ -17,6 +17,7 @@ import polars as pl
 from PIL import Image
 
 from pathgen_dagster.config import CaptionQualityConfig
+from pathgen_dagster.lib.quality.evidence import Evidence
 from pathgen_dagster.lib.quality.fidelity import (
     RULES,
     ReferenceCaptions,
@@ -87,7 +88,7 @@ def caption_quality(
     revisions = lakehouse.read(
         REVISED_DESCRIPTIONS.name,
         slide_id=slide_id,
-        columns=["patch_id", "draft", "revised", "edits_json"],
+        columns=["patch_id", "draft", "revised", "edits_json", "evidence_json"],
     )
     use_clip = encoders.kind == "open_clip"
     patches = lakehouse.read(
@@ -104,6 +105,12 @@ def caption_quality(
             for row in patches.iter_rows(named=True)
         },
         tissue_sites=dict(zip(patches["patch_id"], patches["tissue_site"], strict=True)),
+        # Re-measured by the second detector when the revision ran: the caption was
+        # written from the first one, so this is the check that can see it was wrong.
+        evidence={
+            row["patch_id"]: Evidence.from_json(row["evidence_json"])
+            for row in revisions.iter_rows(named=True)
+        },
     )
     image_scores = None
     if use_clip:
@@ -144,6 +151,9 @@ def caption_quality(
             ),
             "description_contradictions": pl.Series(
                 [list(m.description_contradictions) for m in measures], dtype=pl.List(pl.String)
+            ),
+            "evidence_disagreements": pl.Series(
+                [list(m.evidence_disagreements) for m in measures], dtype=pl.List(pl.String)
             ),
             "alignment_score": pl.Series([m.alignment_score for m in measures], dtype=pl.Float64),
             "alignment_mode": [m.alignment_mode for m in measures],

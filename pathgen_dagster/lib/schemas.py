@@ -215,6 +215,12 @@ REVISED_DESCRIPTIONS = TableSpec(
         Column("revised", pa.string(), "the corrected description", True),
         Column("edits_json", pa.string(), "edit log: [{op, span, replacement, reason}] as JSON"),
         Column("n_edits", pa.int32(), "number of edits"),
+        Column(
+            "evidence_json",
+            pa.string(),
+            "the second nucleus detector's re-measurement the revision checked the draft "
+            "against (lib/quality/evidence.py), JSON",
+        ),
         *AGENT_PROVENANCE,
         *PROVENANCE,
     ),
@@ -280,6 +286,11 @@ CAPTION_QUALITY = TableSpec(
             "description_contradictions",
             pa.list_(pa.string()),
             "revised-description claims the measured morphology contradicts",
+        ),
+        Column(
+            "evidence_disagreements",
+            pa.list_(pa.string()),
+            "caption claims about bands the two nucleus detectors measure differently",
         ),
         Column("alignment_score", pa.float64(), "image-text alignment score", True),
         Column("alignment_mode", pa.string(), "minilm_facts (default) or clip"),

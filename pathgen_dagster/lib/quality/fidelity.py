@@ -39,10 +39,11 @@ from pathgen_dagster.lib.captions import screening, verbalize
 from pathgen_dagster.lib.captions.agent_prompts import TEMPLATES
 from pathgen_dagster.lib.captions.edit_log import EditLogError, parse_revision
 from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, ClipTokenizer, get_tokenizer
+from pathgen_dagster.lib.quality.evidence import Evidence, claim_disagreements
 from pathgen_dagster.lib.quality.lexicon import Lexicon, Mention, get_lexicon
 from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
 
-RULESET_VERSION = "fidelity-1"
+RULESET_VERSION = "fidelity-2"
 """Bumped by hand when a rule's logic changes (each rule's ``version`` says which)."""
 
 Severity = Literal["severe", "warn"]
@@ -271,6 +272,7 @@ class CaptionMeasures:
     unsupported_claims: tuple[str, ...]
     contradictions: tuple[str, ...]
     description_contradictions: tuple[str, ...]
+    evidence_disagreements: tuple[str, ...]
     alignment_score: float | None
     alignment_mode: AlignmentMode
     caption_key: str
@@ -429,6 +431,7 @@ def measure(
     alignment_score: float | None = None,
     alignment_mode: AlignmentMode = "minilm_facts",
     duplicate: DuplicateMatch | None = None,
+    evidence: Evidence | None = None,
     lexicon: Lexicon | None = None,
     tokenizer: ClipTokenizer | None = None,
 ) -> CaptionMeasures:
@@ -442,6 +445,8 @@ def measure(
         alignment_score: the caption's image-text alignment (see :func:`measure_slide`).
         alignment_mode: how ``alignment_score`` was computed.
         duplicate: the caption's duplicate match (see :func:`find_duplicates`).
+        evidence: the patch's re-measurement by the second nucleus detector (recorded by
+            the revise agent), or None when there is none.
         lexicon: pathology lexicon; the packaged one by default.
         tokenizer: CLIP tokenizer; the packaged one by default.
     """
@@ -471,6 +476,7 @@ def measure(
         unsupported_claims=tuple(unsupported_claims(text, revised_text, lexicon=lexicon)),
         contradictions=tuple(grounding_contradictions(text, facts, lexicon=lexicon)),
         description_contradictions=tuple(grounding_contradictions(revised_text, facts, lexicon=lexicon)),
+        evidence_disagreements=tuple(claim_disagreements(text, evidence)),
         alignment_score=alignment_score,
         alignment_mode=alignment_mode,
         caption_key=caption_key(text),
@@ -712,6 +718,7 @@ class SlideInputs:
     revisions: Mapping[str, Mapping[str, object]]
     facts: Mapping[str, MorphologyFacts]
     tissue_sites: Mapping[str, str | None] = field(default_factory=dict)
+    evidence: Mapping[str, Evidence] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -783,6 +790,7 @@ def measure_slide(
             alignment_score=score,
             alignment_mode=mode,
             duplicate=duplicate,
+            evidence=inputs.evidence.get(pid),
             lexicon=lexicon,
             tokenizer=tokenizer,
         )
@@ -805,7 +813,8 @@ class Rule:
         severity: ``severe`` failures count towards the slide's blocking gate; ``warn``
             failures do not. Either kind quarantines the caption.
         version: bumped when the rule's logic changes.
-        group: structure, length, faithfulness, grounding, alignment, duplicates, revision.
+        group: structure, length, faithfulness, grounding, evidence, alignment, duplicates,
+            revision.
         measures: what the rule reads, in words.
         threshold: its threshold, in words (names the :class:`FidelityConfig` field).
         failure: returns why the caption fails, or None when it passes.
@@ -893,6 +902,12 @@ def _description_grounded(m: CaptionMeasures, c: FidelityConfig) -> str | None:
     return "revised description contradicts the measurements: " + "; ".join(m.description_contradictions)
 
 
+def _confirmed(m: CaptionMeasures, c: FidelityConfig) -> str | None:
+    if not m.evidence_disagreements:
+        return None
+    return "not confirmed by the second nucleus detector: " + "; ".join(m.evidence_disagreements)
+
+
 def _aligned(m: CaptionMeasures, c: FidelityConfig) -> str | None:
     if m.alignment_score is None:
         return None if not m.caption else "no alignment score (facts or encoder missing)"
@@ -958,6 +973,10 @@ RULES: tuple[Rule, ...] = (
     Rule("description_grounded", "warn", 1, "grounding",
          "revised-description claims vs measured morphology", "no contradiction",
          _description_grounded),
+    Rule("confirmed_by_second_detector", "warn", 1, "evidence",
+         "caption band claims vs an independent re-measurement (distance-transform "
+         "watershed nuclei, lib/quality/evidence.py)",
+         "no claim about a band the two detectors measure differently", _confirmed),
     Rule("image_text_alignment", "warn", 1, "alignment",
          "cosine MiniLM(caption) vs MiniLM(facts sentence), or CLIP score",
          ">= min_alignment (0.30) / min_clip_score (20)", _aligned),

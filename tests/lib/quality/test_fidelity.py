@@ -16,6 +16,7 @@ import pytest
 
 from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
 from pathgen_dagster.lib.quality import fidelity
+from pathgen_dagster.lib.quality.evidence import Evidence
 from pathgen_dagster.lib.quality.fidelity import (
     DEFAULT_CONFIG,
     RULE_NAMES,
@@ -139,6 +140,7 @@ def results(
     alignment: float | None = 0.6,
     mode: str = "minilm_facts",
     duplicate: fidelity.DuplicateMatch | None = None,
+    evidence: Evidence | None = None,
     config: FidelityConfig = DEFAULT_CONFIG,
 ) -> fidelity.Judgement:
     """Judge one caption measured against a revision row and facts."""
@@ -154,6 +156,7 @@ def results(
         alignment_score=alignment,
         alignment_mode=mode,  # type: ignore[arg-type]
         duplicate=duplicate,
+        evidence=evidence,
     )
     return judge(measures, config)
 
@@ -391,6 +394,27 @@ CASES: list[tuple[str, str, dict, bool]] = [
         "description_grounded",
         "description claims hypercellularity in the lowest band",
         {"revised": REVISED.replace("loose fibrous stroma", "hypercellular stroma")},
+        False,
+    ),
+    ("confirmed_by_second_detector", "no second measurement", {}, True),
+    (
+        "confirmed_by_second_detector",
+        "the detectors agree",
+        {"caption": "Densely cellular tissue with small round nuclei.", "facts": HIGH,
+         "evidence": Evidence("watershed-h-v1", 80, 9500.0, "high", "high")},
+        True,
+    ),
+    (
+        "confirmed_by_second_detector",
+        "disputed band, but the caption does not claim it",
+        {"evidence": Evidence("watershed-h-v1", 30, 4000.0, "moderate", "low")},
+        True,
+    ),
+    (
+        "confirmed_by_second_detector",
+        "the caption claims a band the second detector measures differently",
+        {"caption": "Densely cellular tissue with small round nuclei.", "facts": HIGH,
+         "evidence": Evidence("watershed-h-v1", 40, 5200.0, "moderate", "high")},
         False,
     ),
     ("image_text_alignment", "above the threshold", {"alignment": 0.45}, True),
