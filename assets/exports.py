@@ -31,7 +31,7 @@ from pathgen_dagster.lib.dataset.exports import (
 )
 from pathgen_dagster.lib.dataset.sql_models import quote
 from pathgen_dagster.lib.instructions.generate import InstructionConfig
-from pathgen_dagster.lib.schemas import INSTRUCTIONS, PATCHES, TRAINING_PAIRS
+from pathgen_dagster.lib.schemas import DATASET_DUPLICATES, INSTRUCTIONS, PATCHES, TRAINING_PAIRS
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
 GROUP = "exports"
@@ -69,6 +69,21 @@ def pinned_versions(lakehouse: Lakehouse, name: str, tables: list[str]) -> dict[
     return versions
 
 
+def source_relations(lakehouse: Lakehouse, versions: dict[str, int]) -> dict[str, str]:
+    """SQL relation of each pinned source table; ``training_pairs`` without the pairs the
+    whole-dataset step removed as near-duplicate images of a lower pair id."""
+    relation = {
+        table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
+        for table, version in versions.items()
+    }
+    removed = relation.pop(DATASET_DUPLICATES.name)
+    relation[TRAINING_PAIRS.name] = (
+        f"(SELECT * FROM {relation[TRAINING_PAIRS.name]} WHERE pair_id NOT IN "
+        f"(SELECT pair_id FROM {removed} WHERE action = 'removed'))"
+    )
+    return relation
+
+
 def run_export(
     lakehouse: Lakehouse,
     name: str,
@@ -85,12 +100,11 @@ def run_export(
             export's pair count differs from the table's.
     """
     versions = pinned_versions(
-        lakehouse, name, [TRAINING_PAIRS.name, *([PATCHES.name] if with_images else [])]
+        lakehouse,
+        name,
+        [TRAINING_PAIRS.name, DATASET_DUPLICATES.name, *([PATCHES.name] if with_images else [])],
     )
-    relation = {
-        table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
-        for table, version in versions.items()
-    }
+    relation = source_relations(lakehouse, versions)
     with lakehouse.connect(views=False) as connection, export_staging(lakehouse, name) as staging:
         expected = connection.sql(f"SELECT count(*) FROM {relation[TRAINING_PAIRS.name]}")
         expected_pairs = expected.fetchone()[0]
@@ -130,7 +144,7 @@ def _result(
 
 
 def _export_asset(name: str, doc: str, *, with_images: bool, kinds: set[str]):
-    deps = [TRAINING_PAIRS.name, *([PATCHES.name] if with_images else [])]
+    deps = [TRAINING_PAIRS.name, DATASET_DUPLICATES.name, *([PATCHES.name] if with_images else [])]
     return dg.asset(
         name=f"{name}_export",
         deps=deps,
@@ -244,7 +258,9 @@ def run_instruction_export(
             export's record count differs from the exportable rows of the table.
     """
     name = "llava_instruct"
-    versions = pinned_versions(lakehouse, name, [TRAINING_PAIRS.name, PATCHES.name])
+    versions = pinned_versions(
+        lakehouse, name, [TRAINING_PAIRS.name, DATASET_DUPLICATES.name, PATCHES.name]
+    )
     instructions_version = lakehouse.version(INSTRUCTIONS.name)
     config = {"max_quarantine_share": max_quarantine_share}
     if instructions_version is None:
@@ -257,10 +273,7 @@ def run_instruction_export(
                 staging, summary, source_versions=versions, run_id=run_id, config=config
             )
     versions[INSTRUCTIONS.name] = instructions_version
-    relation = {
-        table: f"delta_scan({quote(lakehouse.uri(table))}, version => {version})"
-        for table, version in versions.items()
-    }
+    relation = source_relations(lakehouse, versions)
     with lakehouse.connect(views=False) as connection, export_staging(lakehouse, name) as staging:
         expected = count_exportable(
             connection,
@@ -289,7 +302,7 @@ def run_instruction_export(
 
 @dg.asset(
     name="llava_instruct_export",
-    deps=[INSTRUCTIONS.name, TRAINING_PAIRS.name, PATCHES.name],
+    deps=[INSTRUCTIONS.name, TRAINING_PAIRS.name, DATASET_DUPLICATES.name, PATCHES.name],
     group_name=GROUP,
     kinds={"json", "jpeg"},
     description=(

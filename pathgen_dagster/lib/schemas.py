@@ -444,6 +444,27 @@ QUARANTINE_REPORT = TableSpec(
     partition_by=(),
 )
 
+DATASET_DUPLICATES = TableSpec(
+    "dataset_duplicates",
+    "Whole-dataset duplicates: near-duplicate images of a lower pair id (removed from the "
+    "exports) and captions repeated for other images (reported only).",
+    (
+        Column("pair_id", pa.string(), "the duplicate pair (a row of training_pairs)"),
+        SLIDE_ID,
+        Column("kind", pa.string(), "image (embedding cosine >= threshold) or caption (same text)"),
+        Column("action", pa.string(), "removed (images: left out of every export) or reported"),
+        Column("duplicate_of", pa.string(), "the kept pair with the lowest id it duplicates"),
+        Column("duplicate_slide_id", pa.string(), "slide of that pair"),
+        Column("similarity", pa.float64(), "image cosine; 1.0 for a repeated caption"),
+        Column("threshold", pa.float64(), "the image encoder's near-duplicate cosine", True),
+        Column("image_encoder_id", pa.string(), "encoder whose embeddings were compared", True),
+        Column("training_pairs_version", pa.int64(), "Delta version of training_pairs read"),
+        Column("patch_embeddings_version", pa.int64(), "Delta version of patch_embeddings read"),
+        *SQL_MODEL_PROVENANCE,
+    ),
+    partition_by=(),
+)
+
 # -- Instructions (PathGen-Instruct) -------------------------------------------------------
 
 INSTRUCTIONS = TableSpec(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -22,6 +23,7 @@ import webdataset as wds
 from deltalake import DeltaTable
 from PIL import Image
 
+from assets.dataset_duplicates import dataset_duplicates
 from assets.exports import image_folder_csv_export, pathgen_json_export, webdataset_export
 from assets.slides import slides
 from assets.sql_models import build_model, sql_model_assets
@@ -30,6 +32,7 @@ from pathgen_dagster.lib.dataset.exports import read_manifest, verify
 from pathgen_dagster.lib.dataset.sql_models import discover
 from pathgen_dagster.lib.ingest.wsi import open_slide, read_rgb
 from pathgen_dagster.lib.schemas import TABLES, TableSpec
+from pathgen_dagster.lib.selection.morphology import MorphologyEncoder
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.slide_store import SlideStore
 from pathgen_dagster.sensors import register_landing
@@ -42,6 +45,8 @@ FAILING = (1, 3)
 WHY = "necrosis [not in the revised description]"
 MODELS = {asset.key.to_user_string(): asset for asset in sql_model_assets}
 EXPORTS = [pathgen_json_export, image_folder_csv_export, webdataset_export]
+# The exports leave out what the whole-dataset step removes, so they need it first.
+DATASET = [dataset_duplicates, *EXPORTS]
 
 
 def complete(spec: TableSpec, values: dict) -> dict:
@@ -96,6 +101,7 @@ def write_stages(
     tile_rows = lakehouse.read("tiles", slide_id=slide_id).sort("tile_id").head(PATCHES_PER_SLIDE)
     assert len(tile_rows) == PATCHES_PER_SLIDE, f"{slide_id} has too few tiles for the fixture"
     patches, descriptions, revisions, captions, verdicts = [], [], [], [], []
+    crops = []
     with open_slide(slide["uri"]) as handle:
         for index, tile in enumerate(tile_rows.iter_rows(named=True)):
             # A quarter-size crop keeps the fixture fast; it is still a real region.
@@ -105,6 +111,7 @@ def write_stages(
                 buffer, "JPEG", quality=85
             )
             image = buffer.getvalue()
+            crops.append(np.asarray(Image.open(io.BytesIO(image)).convert("RGB")))
             patch_id = tile["tile_id"]
             key = {"patch_id": patch_id, "slide_id": slide_id}
             patches.append(
@@ -124,7 +131,9 @@ def write_stages(
                     "prompt_library_version": "abc123def456",
                     "encoder_id": "morphology-v1",
                     "text_encoder_id": "all-MiniLM-L6-v2",
-                    "selection_config": json.dumps({"top_k": 64}),
+                    "selection_config": json.dumps(
+                        {"top_k": 64, "dedup_threshold": MorphologyEncoder.dedup_threshold}
+                    ),
                     "image_jpeg": image,
                     "image_sha256": hashlib.sha256(image).hexdigest(),
                     "run_id": "run-patches",
@@ -161,7 +170,15 @@ def write_stages(
                     "config_hash": "cfg-quality",
                 }
             )
+    # The real morphology embeddings of the crops (what dataset_duplicates compares).
+    vectors, _ = MorphologyEncoder().embed(np.stack(crops), tile_rows["mpp"][0])
+    embeddings = [
+        {"tile_id": row["patch_id"], "slide_id": slide_id, "encoder_id": "morphology-v1",
+         "dim": vectors.shape[1], "embedding": vector.tolist()}
+        for row, vector in zip(patches, vectors, strict=True)
+    ]
     for table, rows in [
+        ("patch_embeddings", embeddings),
         ("patches", patches),
         ("descriptions", descriptions),
         ("revised_descriptions", revisions),
@@ -342,7 +359,7 @@ def test_a_missing_source_fails_with_its_name(instance, resources, sample_landin
 def test_exports_round_trip(built, instance, resources):
     lakehouse = resources["lakehouse"]
     materialize(
-        EXPORTS,
+        DATASET,
         instance,
         resources,
         run_config={"ops": {"webdataset_export": {"config": {"samples_per_shard": 3}}}},
@@ -352,7 +369,11 @@ def test_exports_round_trip(built, instance, resources):
     patches = lakehouse.read("patches")
     images = dict(zip(patches["patch_id"], patches["image_jpeg"], strict=True))
     root = Path(lakehouse.root).resolve() / "exports"
-    versions = {"training_pairs": lakehouse.version("training_pairs")}
+    versions = {
+        "training_pairs": lakehouse.version("training_pairs"),
+        "dataset_duplicates": lakehouse.version("dataset_duplicates"),
+    }
+    assert lakehouse.read("dataset_duplicates").filter(action="removed").is_empty()
 
     public = json.loads((root / "pathgen_json" / "pathgen.json").read_text())
     assert len(public) == pairs.height
@@ -393,7 +414,7 @@ def test_exports_round_trip(built, instance, resources):
 
 def test_an_export_after_patches_changed_fails_and_keeps_the_old_one(built, instance, resources):
     lakehouse = resources["lakehouse"]
-    materialize([webdataset_export], instance, resources)
+    materialize([dataset_duplicates, webdataset_export], instance, resources)
     old = read_manifest(Path(lakehouse.root).resolve() / "exports" / "webdataset")
     # Slide A's patches are re-selected (new crops) but training_pairs was not rebuilt.
     patches = lakehouse.read("patches", slide_id=SLIDE_A).to_dicts()
@@ -434,7 +455,7 @@ def test_pipeline_to_exports(instance, lakehouse, sample_landing):
     chain += [captions, caption_quality, MODELS["training_pairs"]]
     materialize(chain, instance, resources, SLIDE_A)
     materialize(
-        [MODELS["quarantine_report"], MODELS["dataset_stats"], *EXPORTS], instance, resources
+        [MODELS["quarantine_report"], MODELS["dataset_stats"], *DATASET], instance, resources
     )
 
     verdicts = lakehouse.read("caption_quality", slide_id=SLIDE_A)
@@ -457,6 +478,62 @@ def test_pipeline_to_exports(instance, lakehouse, sample_landing):
         assert caption["caption"] == pairs["caption"][0] and caption["backend"] == "grounded"
 
 
+def _copy_embedding(lakehouse: Lakehouse, source: str, target: str) -> None:
+    """Give ``target`` the image embedding of ``source``: a re-scan of the same field."""
+    frame = lakehouse.read("patch_embeddings")
+    vector = frame.filter(tile_id=source)["embedding"][0].to_list()
+    slide_id = frame.filter(tile_id=target)["slide_id"][0]
+    rows = lakehouse.read("patch_embeddings", slide_id=slide_id).to_dicts()
+    for row in rows:
+        if row["tile_id"] == target:
+            row["embedding"] = vector
+    write_rows(lakehouse, "patch_embeddings", slide_id, rows)
+
+
+def test_near_duplicate_images_across_slides_are_removed_whatever_the_order(
+    built, instance, resources
+):
+    lakehouse = resources["lakehouse"]
+    kept, copy = passing(built[SLIDE_A])[0], passing(built[SLIDE_B])[0]
+    assert kept < copy  # the lowest pair id of a group stays
+    _copy_embedding(lakehouse, kept, copy)
+    materialize([dataset_duplicates, pathgen_json_export], instance, resources)
+    found = lakehouse.read("dataset_duplicates")
+    removed = found.filter(action="removed")
+    assert removed.select("pair_id", "duplicate_of", "kind").rows() == [(copy, kept, "image")]
+    assert removed["similarity"][0] == pytest.approx(1.0) and removed["threshold"][0] == 0.935
+    # Captions differ per patch here; the same caption twice is reported, never removed.
+    assert found.filter(kind="caption").is_empty()
+    pairs = lakehouse.read("training_pairs")
+    public = json.loads(
+        (Path(lakehouse.root).resolve() / "exports" / "pathgen_json" / "pathgen.json").read_text()
+    )
+    assert len(public) == pairs.height - 1  # the pair stays in training_pairs (lineage)
+    manifest = read_manifest(Path(lakehouse.root).resolve() / "exports" / "pathgen_json")
+    assert manifest["source_versions"]["dataset_duplicates"] == lakehouse.version("dataset_duplicates")
+    # The other way round (the copy's slide committed last, then the original's): the same.
+    _copy_embedding(lakehouse, copy, kept)
+    materialize([dataset_duplicates], instance, resources)
+    again = lakehouse.read("dataset_duplicates").filter(action="removed")
+    assert again.select("pair_id", "duplicate_of").rows() == [(copy, kept)]
+
+
+def test_repeated_captions_are_reported_not_removed(built, instance, resources):
+    lakehouse = resources["lakehouse"]
+    first, second = passing(built[SLIDE_A])[0], passing(built[SLIDE_B])[0]
+    rows = lakehouse.read("training_pairs", slide_id=SLIDE_B).to_dicts()
+    caption = lakehouse.read("training_pairs").filter(pair_id=first)["caption"][0]
+    for row in rows:
+        if row["pair_id"] == second:
+            row["caption"] = caption.upper()  # the same words, differently cased
+    write_rows(lakehouse, "training_pairs", SLIDE_B, rows)
+    materialize([dataset_duplicates], instance, resources)
+    found = lakehouse.read("dataset_duplicates")
+    assert found.select("pair_id", "kind", "action", "duplicate_of").rows() == [
+        (second, "caption", "reported", first)
+    ]
+
+
 def test_code_location_shows_the_chain_with_sql_models_and_exports():
     from pathgen_dagster.definitions import defs
 
@@ -474,9 +551,10 @@ def test_code_location_shows_the_chain_with_sql_models_and_exports():
         "caption_quality",
     }
     assert "training_pairs" in parents["dataset_stats"]
-    assert parents["webdataset_export"] == {"training_pairs", "patches"}
+    assert parents["webdataset_export"] == {"training_pairs", "dataset_duplicates", "patches"}
+    assert parents["dataset_duplicates"] == {"training_pairs", "patch_embeddings"}
     assert graph.get(dg.AssetKey("training_pairs")).partitions_def is not None
-    for name in ("dataset_stats", "quarantine_report", "pathgen_json_export"):
+    for name in ("dataset_stats", "quarantine_report", "dataset_duplicates", "pathgen_json_export"):
         assert graph.get(dg.AssetKey(name)).partitions_def is None
 
 
