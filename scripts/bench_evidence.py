@@ -70,7 +70,7 @@ def report(name: str, items: list[PatchInput], encode) -> None:
         edits = Counter(e["op"] for r in revisions for e in r.edits)
         failed = Counter(rule for v in verdicts for rule in v.failed)
         results[label] = (edits, failed, sum(v.passed for v in verdicts))
-    for label, (edits, failed, passed) in results.items():
+    for label, (edits, _, passed) in results.items():
         total = sum(edits.values())
         print(f"{label:6s} edits per 100 patches {100 * total / len(items):6.1f} {dict(edits)}; "
               f"passing every rule {passed}/{len(items)}")

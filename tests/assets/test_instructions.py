@@ -15,6 +15,7 @@ from PIL import Image
 
 from assets.caption_quality import caption_quality
 from assets.captions import captions, descriptions, revised_descriptions
+from assets.dataset_duplicates import dataset_duplicates
 from assets.exports import llava_instruct_export
 from assets.instructions import instructions, pair_inputs
 from assets.patches import patch_embeddings, patches
@@ -142,7 +143,7 @@ def test_llava_export_reads_back_and_blocked_slide_is_left_out(built):
     )
     lakehouse.write_slide(INSTRUCTIONS.name, SLIDE_B, broken)
     gate = gate_result(lakehouse, SLIDE_B, InstructionChecksConfig())
-    materialize([llava_instruct_export], instance, resources)
+    materialize([dataset_duplicates, llava_instruct_export], instance, resources)
 
     folder = Path(lakehouse.root).resolve() / "exports" / "llava_instruct"
     records = json.loads((folder / LLAVA_JSON).read_text())
@@ -152,7 +153,9 @@ def test_llava_export_reads_back_and_blocked_slide_is_left_out(built):
     manifest = read_manifest(folder)
     assert manifest["pairs"] == len(records) and verify(folder) == []
     assert manifest["counts"]["conversation"] + manifest["counts"]["multiple_choice"] == len(records)
-    assert set(manifest["source_versions"]) == {"instructions", "training_pairs", "patches"}
+    assert set(manifest["source_versions"]) == {
+        "instructions", "training_pairs", "dataset_duplicates", "patches"
+    }
     for record in records:
         assert set(record) >= {"id", "image", "conversations"}
         turns = record["conversations"]
@@ -170,7 +173,7 @@ def test_llava_export_reads_back_and_blocked_slide_is_left_out(built):
 
 def test_llava_export_before_instructions_exist_is_empty_and_says_why(built):
     lakehouse, instance, resources = built
-    materialize([llava_instruct_export], instance, resources)
+    materialize([dataset_duplicates, llava_instruct_export], instance, resources)
     folder = Path(lakehouse.root).resolve() / "exports" / "llava_instruct"
     assert json.loads((folder / LLAVA_JSON).read_text()) == []
     manifest = read_manifest(folder)
@@ -289,6 +292,8 @@ def test_code_location_has_instructions_its_checks_and_the_llava_export():
     parents = {p.to_user_string() for p in graph.get(dg.AssetKey("instructions")).parent_keys}
     assert parents == {"training_pairs", "patches"}
     export = graph.get(dg.AssetKey("llava_instruct_export"))
-    assert {p.to_user_string() for p in export.parent_keys} == {"instructions", "training_pairs", "patches"}
+    assert {p.to_user_string() for p in export.parent_keys} == {
+        "instructions", "training_pairs", "dataset_duplicates", "patches"
+    }
     checks = {key.name for key in graph.asset_check_keys if key.asset_key == dg.AssetKey("instructions")}
     assert checks == {"instructions_gate", "instruction_letter_balance", "instruction_expectations"}
