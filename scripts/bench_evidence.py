@@ -81,6 +81,29 @@ def report(name: str, items: list[PatchInput], encode) -> None:
               f"{results['after'][1][rule] / len(items):8.1%}")
 
 
+def contact_sheet(items: list[PatchInput], path: str, side: int = 300) -> None:
+    """The patches the detectors disagree on, each labelled with both counts and bands."""
+    from PIL import ImageDraw
+
+    disputed = [i for i in items if i.evidence.disputed][:12]
+    sheet = Image.new("RGB", (4 * side, 3 * (side + 16)), "white")
+    for k, item in enumerate(disputed):
+        x, y = (k % 4) * side, (k // 4) * (side + 16)
+        image = Image.open(io.BytesIO(item.image_jpeg)).convert("RGB").resize((side, side))
+        sheet.paste(image, (x, y + 16))
+        ImageDraw.Draw(sheet).text(
+            (x + 2, y + 2),
+            f"{k} LoG {item.facts.nuclei_count_log} {item.facts.cellularity} | "
+            f"WS {item.evidence.nuclei_count} {item.evidence.cellularity}",
+            fill="black",
+        )
+        print(f"sheet {k}: {item.patch_id} LoG {item.facts.nuclei_count_log} "
+              f"({item.facts.nuclei_density_log_per_mm2:.0f}/mm2, {item.facts.cellularity}) "
+              f"watershed {item.evidence.nuclei_count} ({item.evidence.nuclei_density_per_mm2:.0f}/mm2, "
+              f"{item.evidence.cellularity})")
+    sheet.save(path)
+
+
 def lakehouse_slides(root: str):
     from pathgen_dagster.resources.lakehouse import Lakehouse
 
@@ -111,7 +134,7 @@ def yield_slide(encoders: Encoders):
         buffer = io.BytesIO()
         Image.fromarray(tiles[i]).save(buffer, "JPEG", quality=90)
         rgb = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-        items.append(PatchInput(f"yield_{i:03d}_{tissues[i]}", facts[i],
+        items.append(PatchInput(f"yield_{i:03d}_{tissues[i]}", facts[i], image_jpeg=buffer.getvalue(),
                                 evidence=evidence.measure(rgb, facts[i])))
     return "three-tissue slide (yield_check, 264 tiles)", items
 
@@ -120,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lakehouse")
     parser.add_argument("--yield-slide", action="store_true")
+    parser.add_argument("--sheet", help="write a contact sheet of disputed patches here (PNG)")
     args = parser.parse_args()
     encoders = Encoders()
     encode = encoders.sentences.encode
@@ -132,6 +156,9 @@ def main() -> None:
     if args.yield_slide:
         name, items = yield_slide(encoders)
         report(name, items, encode)
+        everything = items
+    if args.sheet:
+        contact_sheet(everything, args.sheet)
 
 
 if __name__ == "__main__":
