@@ -40,7 +40,9 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from pathgen_dagster.lib.selection.morphology import BANDS, Band, MorphologyFacts
-from pathgen_dagster.lib.selection.nuclei import haematoxylin
+
+# The LoG detector's colour deconvolution and block mean: the only steps the two share.
+from pathgen_dagster.lib.selection.nuclei import _block_mean, haematoxylin
 
 DETECTOR_ID = "watershed-h-v1"
 
@@ -68,13 +70,6 @@ CELLULARITY = Band(
     "nuclei per mm2 of tissue, counted by the distance-transform watershed; edges fitted "
     "to the labelled calibration set",
 )
-
-
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    if factor <= 1:
-        return image
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
 
 
 def segment(rgb: np.ndarray, mpp: float, settings: WatershedSettings = DEFAULT_WATERSHED) -> np.ndarray:
