@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import tempfile
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from assets.caption_quality import caption_quality
 from pathgen_dagster.lib.captions import verbalize
+from pathgen_dagster.lib.quality.evidence import Evidence
 from pathgen_dagster.lib.quality.fidelity import (
     DEFAULT_CONFIG,
     SlideInputs,
@@ -156,7 +158,11 @@ def build_slides(
             rows["patches"].append(key | {"facts_json": facts_json, "tissue_site": site})
             rows["descriptions"].append(key | {"description": draft, "facts_json": facts_json})
             revision = {"draft": draft, "revised": revised, "edits_json": json.dumps(edits)}
-            rows["revised"].append(key | revision | {"n_edits": len(edits)})
+            # No image here: the second detector has nothing to measure, and says so.
+            unmeasured = Evidence("not-measured", 0, math.nan, "unknown", facts.cellularity)
+            rows["revised"].append(
+                key | revision | {"n_edits": len(edits), "evidence_json": unmeasured.to_json()}
+            )
             rows["captions"].append(key | {"caption": caption, "status": "ok"})
             facts_by_patch[pid], revisions[pid] = facts, revision
         made += len(texts)
