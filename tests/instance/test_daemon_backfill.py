@@ -16,13 +16,16 @@ is the project's and whose pool limits come from deploy/set_pools.sh. Nothing is
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from pathgen_dagster import run_health
 from pathgen_dagster.definitions import MAX_CONCURRENT_STEPS
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.resources.lakehouse import Lakehouse
@@ -223,3 +226,102 @@ def test_graphql_backfill_holds_every_pool_to_its_limit(server, site, max_concur
         assert sorted(outcome.materialized[stage]) == SAMPLE_IDS, stage
     rows = Lakehouse(root=str(site.lakehouse)).read(pipeline.final)
     assert sorted(set(rows["slide_id"].to_list())) == SAMPLE_IDS
+
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter from /proc (None when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, from the parent pids in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _run_worker_pid(run_id: str) -> int | None:
+    """The `dagster api execute_run` process the daemon's run launcher started for a run."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"execute_run" in argv and any(run_id.encode() in arg for arg in argv):
+            return int(cmdline.parent.name)
+    return None
+
+
+def test_a_killed_run_worker_takes_its_steps_with_it_and_the_daemon_retries_the_run(server, site):
+    """Issue 16: SIGKILL the run worker of a daemon-launched run while a step executes. Its
+    forkserver and step die with it (nothing commits after it died), run monitoring fails the
+    run, run_retries re-executes it, and the slide's rows are what they were before."""
+    slide, keys = "synthetic-aperio-40x", ["tiles", "patch_embeddings"]
+    lakehouse = Lakehouse(root=str(site.lakehouse))
+    before = {key: lakehouse.read(key, slide_id=slide) for key in keys}
+    run_id = server.client().submit_job_execution(
+        "__ASSET_JOB",
+        repository_location_name=server.location_name(),
+        asset_selection=[[key] for key in keys],
+        tags={"dagster/partition": slide},
+    )
+
+    def step_started():
+        with site.instance() as instance:
+            starts = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+            return any(event.step_key == "patch_embeddings" for event in starts)
+
+    wait_for(step_started, timeout=300, what="patch_embeddings to start", interval=0.2)
+    worker = _run_worker_pid(run_id)
+    assert worker is not None, "no run worker process found for the run"
+    below = _descendants(worker)
+    assert below, "the run worker had no forkserver or step process"
+    os.kill(worker, signal.SIGKILL)
+    killed_at = time.time()
+    wait_for(
+        lambda: all(_state(pid) in (None, "Z", "X") for pid in below),
+        timeout=30,
+        what=f"the killed run worker's processes {sorted(below)} to die",
+        interval=0.2,
+    )
+
+    def finished(run_filter):
+        def find():
+            with site.instance() as instance:
+                return next((run for run in instance.get_runs(filters=run_filter) if run.is_finished), None)
+
+        return find
+
+    killed = wait_for(finished(dg.RunsFilter(run_ids=[run_id])), timeout=240, what="the killed run to fail")
+    assert killed.status == dg.DagsterRunStatus.FAILURE, killed.status
+    retry = wait_for(
+        finished(dg.RunsFilter(tags={"dagster/parent_run_id": run_id})),
+        timeout=600,
+        what="the daemon's retry of the killed run",
+    )
+    assert retry.status == dg.DagsterRunStatus.SUCCESS, retry.status
+    with site.instance() as instance:
+        materialized = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert not [event for event in materialized if event.timestamp > killed_at], (
+            "a step of the killed run committed after its run worker died"
+        )
+        assert slide not in {need.slide_id for need in run_health.slides_needing_rerun(instance)}
+    for key in keys:  # the same rows, none lost or doubled; only the run's provenance differs
+        after = lakehouse.read(key, slide_id=slide)
+        same = [column for column in after.columns if column not in ("run_id", "upstream_version")]
+        assert after.select(same).sort("tile_id").equals(before[key].select(same).sort("tile_id")), key
