@@ -21,7 +21,14 @@ from pathgen_dagster.lib.quality.fidelity import (
     pass_rates,
     ruleset_version,
 )
-from pathgen_dagster.lib.schemas import CAPTION_QUALITY, CAPTIONS, DESCRIPTIONS
+from pathgen_dagster.lib.schemas import (
+    CAPTION_QUALITY,
+    CAPTIONS,
+    DESCRIPTIONS,
+    PATCHES,
+    TILES,
+    TRAINING_PAIRS,
+)
 from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.metadata import preview
 from pathgen_dagster.partitions import slide_partitions
@@ -119,7 +126,7 @@ def _gate_text(gate, passed_captions: int) -> str:
     partitions_def=slide_partitions,
     description=(
         "great-expectations suite over the slide's caption_quality rows (invariants and "
-        "quality levels); data-docs HTML under <lakehouse>/_quality/data_docs."
+        "quality levels); data-docs HTML under `<lakehouse>/_quality/data_docs`."
     ),
 )
 def caption_expectations(
@@ -289,5 +296,49 @@ def descriptions_grounded(
             "contradicted": contradicted,
             "contradiction_rate": round(rate, 4),
             "examples": dg.MetadataValue.md("\n".join(examples) or "none"),
+        },
+    )
+
+
+TRAINING_PAIRS_YIELD = "training_pairs_yield"
+
+
+@dg.asset_check(
+    asset=TRAINING_PAIRS.name,
+    name=TRAINING_PAIRS_YIELD,
+    partitions_def=slide_partitions,
+    description="Warns when the slide yields no training pairs (every caption quarantined, "
+    "or no tissue, patches or captions upstream); counts per stage in the metadata.",
+)
+def training_pairs_yield(context: dg.AssetCheckExecutionContext, lakehouse: Lakehouse) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    counts = {
+        table: len(lakehouse.read(table, slide_id=slide_id, columns=["slide_id"]))
+        for table in (TILES.name, PATCHES.name, CAPTIONS.name, TRAINING_PAIRS.name)
+    }
+    quality = lakehouse.read(CAPTION_QUALITY.name, slide_id=slide_id, columns=["passed"])
+    passed = int(quality["passed"].sum()) if len(quality) else 0
+    pairs = counts[TRAINING_PAIRS.name]
+    if pairs:
+        text = f"slide {slide_id!r}: {pairs} training pairs from {counts[CAPTIONS.name]} captions"
+    else:
+        # Say at which stage the slide ran dry, so the fix is the right one.
+        empty = next((table for table, n in counts.items() if n == 0), TRAINING_PAIRS.name)
+        why = (
+            f"all {len(quality)} checked captions were quarantined "
+            "(pathgen sql \"SELECT patch_id, failed_rules FROM caption_quality WHERE NOT passed\")"
+            if empty == TRAINING_PAIRS.name
+            else f"`{empty}` has no rows for it"
+        )
+        text = f"slide {slide_id!r} yields NO training pairs: {why}"
+    return dg.AssetCheckResult(
+        passed=pairs > 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=text,
+        metadata={
+            "slide_id": slide_id,
+            **counts,
+            "captions_passed": passed,
+            "quarantined": len(quality) - passed,
         },
     )
