@@ -34,6 +34,7 @@ from pathgen_dagster.metadata import preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from quality.expectations import QUALITY_FOLDER, run_suite
+from quality.report import data_docs_links
 
 CAPTION_FIDELITY_GATE = "caption_fidelity_gate"
 CAPTION_EXPECTATIONS = "caption_expectations"
@@ -178,9 +179,17 @@ def caption_expectations(
             "expectations": dg.MetadataValue.md("\n".join(lines)),
             "data_docs": dg.MetadataValue.path(page),
             "data_docs_index": dg.MetadataValue.path(where(outcome.index_page)),
+            **data_docs_links(_inside_docs(outcome.validation_page or outcome.index_page, quality_folder)),
             "gx_seconds": round(outcome.seconds, 3),
         },
     )
+
+
+def _inside_docs(page: Path | None, quality_folder: Path) -> str | None:
+    """``page``'s path inside the data-docs site (what `pathgen docs` serves), if any."""
+    if page is None:
+        return None
+    return Path(page).resolve().relative_to((quality_folder / "data_docs").resolve()).as_posix()
 
 
 @dg.asset_check(
@@ -327,7 +336,7 @@ def training_pairs_yield(context: dg.AssetCheckExecutionContext, lakehouse: Lake
         why = (
             f"all {len(quality)} checked captions were quarantined "
             "(pathgen sql \"SELECT patch_id, failed_rules FROM caption_quality WHERE NOT passed\")"
-            if empty == TRAINING_PAIRS.name
+            if len(quality)
             else f"`{empty}` has no rows for it"
         )
         text = f"slide {slide_id!r} yields NO training pairs: {why}"
