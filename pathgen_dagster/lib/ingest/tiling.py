@@ -296,17 +296,19 @@ def measure_cells(
     blur = np.empty(len(xs))
     saturation = np.empty(len(xs))
     for index, rgb in enumerate(_cell_pixels(slide, xs, ys, size_px, level, side, config.max_read_mb)):
-        x, y = int(xs[index]), int(ys[index])
         sat, value = saturation_value(rgb)
         fraction[index] = float(((sat > tissue.threshold_u8) & (value > _MIN_VALUE)).mean())
-        if level and abs(fraction[index] - config.min_tissue_fraction) <= config.exact_band:
-            full = read_rgb(slide, x, y, 0, (size_px, size_px))
-            fraction[index] = float(tissue_pixels(full, tissue.threshold_u8).mean())
         # Quality screens are measured at about 1/quality_downsample whatever the pyramid,
         # so blur values of a single-level file and a pyramid compare.
         small = block_mean(rgb[: side // reduce * reduce, : side // reduce * reduce], reduce)
         blur[index] = float(ndimage.laplace(color.rgb2gray(small)).var())
         saturation[index] = float(saturation_value(small)[0].mean()) / 255
+    if level:
+        # Near the keep threshold the level-0 pixels decide; neighbours are read together.
+        (near,) = np.nonzero(np.abs(fraction - config.min_tissue_fraction) <= config.exact_band)
+        full = _cell_pixels(slide, xs[near], ys[near], size_px, 0, size_px, config.max_read_mb)
+        for index, rgb in zip(near.tolist(), full, strict=True):
+            fraction[index] = float(tissue_pixels(rgb, tissue.threshold_u8).mean())
     return fraction, blur, saturation
 
 
