@@ -54,7 +54,7 @@ def passing(slide_ids: list[str]) -> list[str]:
     """The slides expected to run through (all but the damaged one)."""
     return [slide_id for slide_id in slide_ids if slide_id != DAMAGED]
 
-BACKFILL_TIMEOUT_S = 900
+BACKFILL_TIMEOUT_S = 1500
 GRAPH_VIEWPORT = {"width": 1920, "height": 1080}
 
 
@@ -75,6 +75,11 @@ def site(tmp_path_factory, sample_landing: Path, browser):
         register=False,
         extra_env={DATA_DOCS_URL_ENV: DOCS_URL},
     )
+    # The real CMU slide is the one sample kept: the assertions are about what the UI says
+    # of a good, an empty and a failing slide, and two fewer slides halve the backfill on
+    # 2 shared cores (tests/instance/test_daemon_backfill.py runs every sample slide).
+    for extra in sorted(site.landing.glob("synthetic-*")):
+        extra.unlink()
     write_blank_slide(site.landing / f"{ALL_GLASS}.svs")
     write_blank_slide(site.landing / f"{DAMAGED}.svs", width=2048, height=2048)
     site.run(VENV_BIN / "pathgen", "register")
