@@ -336,6 +336,8 @@ def test_a_slide_with_no_pairs_is_visible_as_a_warning(ui_backfill, browser, ser
     context, page = new_page(browser)
     try:
         page.goto(f"{server.url}/assets/training_pairs?view=checks&checkDetail=training_pairs_yield")
+        # The check's own page first: before it loads, "Partitions" is the asset's tab.
+        page.get_by_text("training_pairs_yield", exact=True).first.wait_for()
         page.get_by_role("tab", name="Partitions").last.click()
         page.get_by_text(ALL_GLASS, exact=True).filter(visible=True).last.click()
         page.wait_for_timeout(1_000)
@@ -362,13 +364,15 @@ def test_pages_show_whole_words_backend_overlay_and_placeholders(
 
         page.goto(f"{server.url}/assets/tiles?view=partitions&partition=CMU-1-Small-Region")
         page.get_by_text("Materialized", exact=True).first.wait_for()
-        page.screenshot(path=artifacts / "24-tiles-overlay-cmu.png", full_page=True)
+        # A long markdown value is folded behind "[Show Markdown]"; it opens in a dialog.
+        page.get_by_text("[Show Markdown]").first.click()
         picture = page.locator("img[alt='tissue mask and tile grid']").first
         picture.wait_for()
         page.wait_for_timeout(500)
         box = picture.bounding_box()
-        assert box and max(box["width"], box["height"]) >= 300, box
         page.screenshot(path=artifacts / "24-tiles-overlay-cmu.png", full_page=True)
+        assert box and max(box["width"], box["height"]) >= 300, box
+        page.keyboard.press("Escape")
 
         page.goto(f"{server.url}/assets/caption_quality?view=checks&checkDetail=caption_expectations")
         page.get_by_text(re.compile(r"<lakehouse>/_quality/data_docs")).first.wait_for()
@@ -382,6 +386,7 @@ def test_data_docs_link_opens_in_the_browser(ui_backfill, browser, server, site,
     try:
         with serve_data_docs(Lakehouse(root=str(site.lakehouse)), port=DOCS_PORT):
             page.goto(f"{server.url}/assets/caption_quality?view=checks&checkDetail=caption_expectations")
+            page.get_by_text("caption_expectations", exact=True).first.wait_for()
             page.get_by_role("tab", name="Partitions").last.click()
             page.get_by_text(slide_id, exact=True).filter(visible=True).last.click()
             page.wait_for_timeout(1_000)
