@@ -128,6 +128,7 @@ def run_stage(
         )
     elapsed = time.perf_counter() - started
     stats = {
+        "backend": ", ".join(sorted({f"{o.backend} ({o.model_id})" for o in outputs})) or llm.backend,
         "seconds": round(elapsed, 2),
         "cache_hits": cache.hits,
         "requests_sent": sum(o.attempts for o in outputs),

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.coverage import coverage_spec, slide_coverage
 from pathgen_dagster.lib.dataset.exports import (
     MANIFEST,
     SAMPLES_PER_SHARD,
@@ -124,12 +125,15 @@ def run_export(
 
 
 def _result(
-    lakehouse: Lakehouse, name: str, manifest: dict, seconds: float
+    context: dg.AssetExecutionContext, lakehouse: Lakehouse, name: str, manifest: dict, seconds: float
 ) -> dg.MaterializeResult:
     directory = export_directory(lakehouse, name)
     size = sum(entry["bytes"] for entry in manifest["files"])
+    coverage, check = slide_coverage(context.instance, context.asset_key.to_user_string())
     return dg.MaterializeResult(
+        check_results=[check],
         metadata={
+            **coverage,
             "pairs": manifest["pairs"],
             "slides": manifest["slides"],
             **{key: value for key, value in manifest["counts"].items()},
@@ -148,6 +152,7 @@ def _export_asset(name: str, doc: str, *, with_images: bool, kinds: set[str]):
     return dg.asset(
         name=f"{name}_export",
         deps=deps,
+        check_specs=[coverage_spec(f"{name}_export")],
         group_name=GROUP,
         kinds=kinds,
         description=doc,
@@ -170,7 +175,7 @@ def pathgen_json_export(
             lakehouse, "pathgen_json", write_pathgen_json, with_images=False, run_id=context.run_id
         )
     )
-    return _result(lakehouse, "pathgen_json", manifest, time.perf_counter() - started)
+    return _result(context, lakehouse, "pathgen_json", manifest, time.perf_counter() - started)
 
 
 @_export_asset(
@@ -194,7 +199,7 @@ def image_folder_csv_export(
             run_id=context.run_id,
         )
     )
-    return _result(lakehouse, "image_folder_csv", manifest, time.perf_counter() - started)
+    return _result(context, lakehouse, "image_folder_csv", manifest, time.perf_counter() - started)
 
 
 class WebDatasetConfig(dg.Config):
@@ -226,7 +231,7 @@ def webdataset_export(
             config=config.model_dump(),
         )
     )
-    return _result(lakehouse, "webdataset", manifest, time.perf_counter() - started)
+    return _result(context, lakehouse, "webdataset", manifest, time.perf_counter() - started)
 
 
 def _guarded(export: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -303,6 +308,7 @@ def run_instruction_export(
 @dg.asset(
     name="llava_instruct_export",
     deps=[INSTRUCTIONS.name, TRAINING_PAIRS.name, DATASET_DUPLICATES.name, PATCHES.name],
+    check_specs=[coverage_spec("llava_instruct_export")],
     group_name=GROUP,
     kinds={"json", "jpeg"},
     description=(
@@ -322,4 +328,4 @@ def llava_instruct_export(
     )
     if "note" in manifest["config"]:
         context.log.warning(f"llava_instruct_export: {manifest['config']['note']}")
-    return _result(lakehouse, "llava_instruct", manifest, time.perf_counter() - started)
+    return _result(context, lakehouse, "llava_instruct", manifest, time.perf_counter() - started)

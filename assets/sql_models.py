@@ -16,6 +16,7 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
+from assets.coverage import coverage_spec, slide_coverage
 from pathgen_dagster.lib.dataset.sql_models import SqlModel, discover, quote, render
 from pathgen_dagster.metadata import column_schema, preview
 from pathgen_dagster.partitions import slide_partitions
@@ -112,6 +113,8 @@ def sql_model_asset(model: SqlModel) -> dg.AssetsDefinition:
         kinds={"duckdb", "delta", "sql"},
         description=model.description,
         code_version=model.sql_hash,
+        # A whole-dataset model builds from the slides that passed and says which are missing.
+        check_specs=None if model.partitioned else [coverage_spec(model.name)],
         metadata={
             "dagster/column_schema": column_schema(model.spec),
             "sql_file": dg.MetadataValue.path(str(model.path)),
@@ -128,8 +131,11 @@ def sql_model_asset(model: SqlModel) -> dg.AssetsDefinition:
         started = time.perf_counter()
         version = write_model(lakehouse, model, build, partition_key=slide_id)
         frame = pl.from_arrow(build.rows.slice(0, 10))
+        coverage, checks = ({}, []) if model.partitioned else _coverage(context, model.name)
         return dg.MaterializeResult(
+            check_results=checks,
             metadata={
+                **coverage,
                 "dagster/row_count": build.rows.num_rows,
                 "delta_version": version,
                 **{f"{table}_version": v for table, v in build.source_versions.items()},
@@ -141,6 +147,11 @@ def sql_model_asset(model: SqlModel) -> dg.AssetsDefinition:
         )
 
     return _sql_model
+
+
+def _coverage(context: dg.AssetExecutionContext, name: str) -> tuple[dict, list[dg.AssetCheckResult]]:
+    metadata, result = slide_coverage(context.instance, name)
+    return metadata, [result]
 
 
 # Every model file becomes an asset; load_assets_from_package_module picks up this list.

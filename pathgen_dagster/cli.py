@@ -250,6 +250,29 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from quality.report import DATA_DOCS_URL_ENV, serve_data_docs
+
+    try:
+        with serve_data_docs(_lakehouse(args), host=args.host, port=args.port) as url:
+            print(f"great-expectations data docs at {url} (Ctrl-C stops)", flush=True)
+            print(
+                f"  for links from the checks in the UI: export {DATA_DOCS_URL_ENV}="
+                f"{url.removesuffix('/index.html')} before `make ui`",
+                flush=True,
+            )
+            while True:
+                time.sleep(3600)
+    except FileNotFoundError as error:
+        print(f"pathgen docs: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"pathgen docs: cannot listen on {args.host}:{args.port}: {error}; try --port", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathgen", description=__doc__)
     parser.add_argument(
@@ -315,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", action="append", help="asset to build (repeat), e.g. webdataset_export"
     )
     export.set_defaults(func=cmd_export)
+
+    docs = commands.add_parser("docs", help="serve the great-expectations data docs to a browser")
+    docs.add_argument("--host", default="127.0.0.1")
+    docs.add_argument("--port", type=int, default=3001)
+    docs.set_defaults(func=cmd_docs)
 
     lineage = commands.add_parser(
         "lineage", help="where a pair came from: slide file -> tile -> patch -> ... -> checks"

@@ -18,7 +18,7 @@ from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.resources.llm import LLMServer
 from pathgen_dagster.resources.slide_store import SlideStore
 from pathgen_dagster.run_health import run_health_sensor
-from pathgen_dagster.sensors import landing_sensor
+from pathgen_dagster.sensors import landing_sensor, whole_dataset_sensor
 
 # At most this many steps of one run execute at once: tile reads and model calls are
 # memory-heavy, and a pool only limits concurrency across runs, not inside one (FACTS.md).
@@ -63,7 +63,7 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_package_module(assets),
         asset_checks=dg.load_asset_checks_from_package_module(quality),
-        sensors=[landing_sensor, run_health_sensor],
+        sensors=[landing_sensor, run_health_sensor, whole_dataset_sensor],
         jobs=[lakehouse_maintenance],
         schedules=[maintenance_schedule],
         resources=resources(),

@@ -29,16 +29,27 @@ def column_schema(spec: TableSpec) -> dg.TableSchema:
     )
 
 
+PREVIEW_CELL_CHARS = 160
+
+
+def shorten(text: str, limit: int = PREVIEW_CELL_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    # A single over-long word (an id, a hash) is cut where it must be.
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:.") + "…"
+
+
 def preview(frame: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
-    """A markdown table of the first ``rows`` rows of ``columns``."""
+    """A markdown table of the first ``rows`` rows of ``columns`` (long text cut at a word)."""
     head = frame.select(columns).head(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in head.iter_rows():
         cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
         lines.append(
-            "| "
-            + " | ".join(cell.replace("|", "/").replace("\n", " ")[:160] for cell in cells)
-            + " |"
+            "| " + " | ".join(shorten(cell.replace("|", "/").replace("\n", " ")) for cell in cells) + " |"
         )
     return dg.MetadataValue.md("\n".join(lines))
 

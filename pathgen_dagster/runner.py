@@ -8,7 +8,12 @@ starts: one bad slide never stops the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -44,7 +49,6 @@ def run_slides(
     """
     if isolate:
         return _run_isolated(slide_ids, selection, log_level, progress, memory_limit_mb)
-    import time
 
     from dagster._core.utils import make_new_run_id
 
@@ -64,7 +68,8 @@ def run_slides(
         started = time.perf_counter()
         try:
             run_id = make_new_run_id()
-            with run_health.watch_run(instance, run_id, lambda line, s=slide_id: progress(f"{s}: {line}")):
+            say = functools.partial(_prefixed, progress, slide_id)
+            with run_health.watch_run(instance, run_id, say), watch_stages(instance, run_id, say):
                 result = job.execute_in_process(
                     instance=instance,
                     partition_key=slide_id,
@@ -86,6 +91,114 @@ def run_slides(
     return outcomes
 
 
+def _prefixed(progress: Callable[[str], None], slide_id: str, line: str) -> None:
+    progress(f"{slide_id}: {line}")
+
+
+_STAGE_EVENTS = {
+    dg.DagsterEventType.STEP_START,
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.ASSET_MATERIALIZATION,
+    dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+}
+
+
+def stage_lines(entries) -> list[str]:
+    """Progress lines for a run's event-log entries: a stage starting, its rows and
+    seconds when it materializes, a check's verdict, a failed step, the assets' own
+    INFO messages (e.g. how many patches an agent is asked about)."""
+    lines = []
+    for entry in entries:
+        event = entry.dagster_event
+        if event is None:
+            if entry.level >= logging.INFO and entry.user_message and entry.step_key:
+                lines.append(f"{entry.step_key}: {entry.user_message}")
+            continue
+        kind = event.event_type
+        if kind == dg.DagsterEventType.STEP_START:
+            lines.append(f"{entry.step_key}: started")
+        elif kind == dg.DagsterEventType.STEP_FAILURE:
+            lines.append(f"{entry.step_key}: FAILED")
+        elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            metadata = event.event_specific_data.materialization.metadata
+            rows = metadata.get("dagster/row_count")
+            seconds = metadata.get("seconds")
+            counts = f"{rows.value:,} rows" if rows is not None else "done"
+            lines.append(
+                f"{event.asset_key.to_user_string()}: {counts}"
+                + (f" in {seconds.value:.1f}s" if seconds is not None else "")
+            )
+        elif kind == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            verdict = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+            lines.append(f"check {evaluation.check_name}: {verdict}")
+    return lines
+
+
+@contextlib.contextmanager
+def watch_stages(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    progress: Callable[[str], None],
+    *,
+    poll_s: float = 2.0,
+    heartbeat_s: float = 30.0,
+) -> Iterator[None]:
+    """While the block runs ``run_id``: say which stage runs, what each produced, and every
+    ``heartbeat_s`` which stages are still running and for how long (a long slide is seen
+    to move)."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        cursor = None
+        running: dict[str, float] = {}
+        last_said = time.monotonic()
+        finished = False
+        while not finished:
+            finished = stop.wait(poll_s)  # one last read once the run is over
+            try:
+                connection = instance.event_log_storage.get_records_for_run(
+                    run_id, cursor=cursor, limit=1000
+                )
+                cursor = connection.cursor
+                entries = [record.event_log_entry for record in connection.records]
+                lines = stage_lines(
+                    e
+                    for e in entries
+                    if e.dagster_event is None or e.dagster_event.event_type in _STAGE_EVENTS
+                )
+            except Exception as error:  # watching must never break the run it watches
+                progress(f"progress: could not read the run's events ({type(error).__name__}: {error})")
+                return
+            for entry in entries:
+                event = entry.dagster_event
+                if event is not None and event.event_type == dg.DagsterEventType.STEP_START:
+                    running[entry.step_key] = entry.timestamp
+                elif event is not None and event.event_type in (
+                    dg.DagsterEventType.STEP_SUCCESS,
+                    dg.DagsterEventType.STEP_FAILURE,
+                ):
+                    running.pop(entry.step_key, None)
+            for line in lines:
+                progress(line)
+            now = time.monotonic()
+            if lines:
+                last_said = now
+            elif running and now - last_said >= heartbeat_s:
+                wall = time.time()
+                steps = ", ".join(f"{step} ({wall - t:.0f}s)" for step, t in sorted(running.items()))
+                progress(f"still running: {steps}")
+                last_said = now
+
+    thread = threading.Thread(target=watch, name="pathgen-stage-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=poll_s + 5)
+
+
 def _run_isolated(
     slide_ids: Sequence[str],
     selection: str,
@@ -98,7 +211,6 @@ def _run_isolated(
     import subprocess
     import sys
     import tempfile
-    import time
 
     outcomes = []
     for index, slide_id in enumerate(slide_ids, start=1):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,16 +295,9 @@ def landing_sensor(
     run_requests, cursor = (
         auto_run_requests(context, keys, settings) if settings.enabled else ([], context.cursor)
     )
-    rejected_names = ", ".join(item.path.name for item in discovery.rejected)
-    if keys or run_requests:
-        skip_reason = None
-    elif discovery.rejected:
-        skip_reason = dg.SkipReason(
-            f"no new slides; {len(discovery.rejected)} rejected ({rejected_names}): "
-            "see the slide_errors asset for the reasons"
-        )
-    else:
-        skip_reason = dg.SkipReason("no new slides")
+    # The tick's message (a skip reason; Dagster shows none beside run requests, so then the
+    # tick's log holds the rejections) says what was registered and what was rejected, why.
+    skip_reason = None if run_requests else dg.SkipReason(tick_message(keys, discovery.rejected))
     return dg.SensorResult(
         # Rejections show on the slide_errors asset's page, not only in this tick's log.
         asset_events=[slide_errors_observation(lakehouse)] if discovery.rejected else [],
@@ -311,6 +305,19 @@ def landing_sensor(
         dynamic_partitions_requests=[slide_partitions.build_add_request(keys)] if keys else [],
         cursor=cursor,
         skip_reason=skip_reason,
+    )
+
+
+def tick_message(registered: Sequence[str], rejected: Sequence[RejectedFile], *, shown: int = 5) -> str:
+    """One line for a sensor tick: slides registered, files rejected with their reasons."""
+    head = f"{len(registered)} new slide(s) registered" if registered else "no new slides"
+    if not rejected:
+        return head
+    reasons = "; ".join(f"{item.path.name}: {item.reason}" for item in rejected[:shown])
+    more = f"; and {len(rejected) - shown} more" if len(rejected) > shown else ""
+    return (
+        f"{head}; {len(rejected)} file(s) rejected and recorded in slide_errors "
+        f"(see the slide_errors asset): {reasons}{more}"
     )
 
 
@@ -347,3 +354,76 @@ def register_landing(
             added += keys
         if not discovery.remaining:
             return added, all_rejected
+
+
+WHOLE_DATASET_SENSOR = "whole_dataset_sensor"
+_FINISHED_BACKFILLS = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED")
+
+
+def whole_dataset_left_out(
+    backfills: Sequence, asset_graph, *, after: float
+) -> list[tuple[str, float, list[dg.AssetKey]]]:
+    """Finished backfills (ended after ``after``) whose whole-dataset assets never ran.
+
+    Dagster never launches an unpartitioned asset downstream of a failed partition in a
+    backfill ("failed and downstream"). Returns (backfill id, end time, those asset keys),
+    oldest first, for the backfills where that happened.
+    """
+    left_out = []
+    for backfill in backfills:
+        ended = backfill.backfill_end_timestamp
+        if (
+            not backfill.is_asset_backfill
+            or backfill.status.value not in _FINISHED_BACKFILLS
+            or ended is None
+            or ended <= after
+        ):
+            continue
+        data = backfill.get_asset_backfill_data(asset_graph)
+        keys = sorted(
+            (
+                data.target_subset.non_partitioned_asset_keys
+                - data.materialized_subset.non_partitioned_asset_keys
+            )
+            & set(asset_graph.materializable_asset_keys),
+            key=lambda key: key.to_user_string(),
+        )
+        if keys:
+            left_out.append((backfill.backfill_id, ended, keys))
+    return sorted(left_out, key=lambda item: item[1])
+
+
+@dg.sensor(
+    name=WHOLE_DATASET_SENSOR,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    target=dg.AssetSelection.all(),
+    description="After a backfill in which some slides failed, builds the whole-dataset "
+    "assets it selected (dataset_stats, quarantine_report, exports) from the slides that "
+    "passed; each build lists the slides it left out (check covers_every_slide, WARN).",
+)
+def whole_dataset_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    after = float(context.cursor) if context.cursor else 0.0
+    if not context.cursor:
+        # First tick: start from now, not from every backfill the instance ever ran.
+        return dg.SensorResult(cursor=str(time.time()), skip_reason="watching backfills from now on")
+    repository = context.repository_def
+    pending = whole_dataset_left_out(
+        context.instance.get_backfills(limit=100), repository.asset_graph, after=after
+    )
+    if not pending:
+        return dg.SkipReason("no finished backfill left whole-dataset assets unbuilt")
+    requests = [
+        dg.RunRequest(
+            run_key=f"whole-dataset-after-{backfill_id}",
+            asset_selection=keys,
+            tags={SENSOR_RUN_TAG: WHOLE_DATASET_SENSOR, "pathgen/after_backfill": backfill_id},
+        )
+        for backfill_id, _, keys in pending
+    ]
+    for backfill_id, _, keys in pending:
+        context.log.info(
+            f"backfill {backfill_id} left {', '.join(k.to_user_string() for k in keys)} unbuilt "
+            "(a slide failed upstream): building them from the slides that passed"
+        )
+    return dg.SensorResult(run_requests=requests, cursor=str(pending[-1][1]))

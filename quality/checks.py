@@ -21,12 +21,20 @@ from pathgen_dagster.lib.quality.fidelity import (
     pass_rates,
     ruleset_version,
 )
-from pathgen_dagster.lib.schemas import CAPTION_QUALITY, CAPTIONS, DESCRIPTIONS
+from pathgen_dagster.lib.schemas import (
+    CAPTION_QUALITY,
+    CAPTIONS,
+    DESCRIPTIONS,
+    PATCHES,
+    TILES,
+    TRAINING_PAIRS,
+)
 from pathgen_dagster.lib.selection.morphology import MorphologyFacts
 from pathgen_dagster.metadata import preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from quality.expectations import QUALITY_FOLDER, run_suite
+from quality.report import data_docs_links
 
 CAPTION_FIDELITY_GATE = "caption_fidelity_gate"
 CAPTION_EXPECTATIONS = "caption_expectations"
@@ -119,7 +127,7 @@ def _gate_text(gate, passed_captions: int) -> str:
     partitions_def=slide_partitions,
     description=(
         "great-expectations suite over the slide's caption_quality rows (invariants and "
-        "quality levels); data-docs HTML under <lakehouse>/_quality/data_docs."
+        "quality levels); data-docs HTML under `<lakehouse>/_quality/data_docs`."
     ),
 )
 def caption_expectations(
@@ -171,9 +179,17 @@ def caption_expectations(
             "expectations": dg.MetadataValue.md("\n".join(lines)),
             "data_docs": dg.MetadataValue.path(page),
             "data_docs_index": dg.MetadataValue.path(where(outcome.index_page)),
+            **data_docs_links(_inside_docs(outcome.validation_page or outcome.index_page, quality_folder)),
             "gx_seconds": round(outcome.seconds, 3),
         },
     )
+
+
+def _inside_docs(page: Path | None, quality_folder: Path) -> str | None:
+    """``page``'s path inside the data-docs site (what `pathgen docs` serves), if any."""
+    if page is None:
+        return None
+    return Path(page).resolve().relative_to((quality_folder / "data_docs").resolve()).as_posix()
 
 
 @dg.asset_check(
@@ -289,5 +305,49 @@ def descriptions_grounded(
             "contradicted": contradicted,
             "contradiction_rate": round(rate, 4),
             "examples": dg.MetadataValue.md("\n".join(examples) or "none"),
+        },
+    )
+
+
+TRAINING_PAIRS_YIELD = "training_pairs_yield"
+
+
+@dg.asset_check(
+    asset=TRAINING_PAIRS.name,
+    name=TRAINING_PAIRS_YIELD,
+    partitions_def=slide_partitions,
+    description="Warns when the slide yields no training pairs (every caption quarantined, "
+    "or no tissue, patches or captions upstream); counts per stage in the metadata.",
+)
+def training_pairs_yield(context: dg.AssetCheckExecutionContext, lakehouse: Lakehouse) -> dg.AssetCheckResult:
+    slide_id = context.partition_key
+    counts = {
+        table: len(lakehouse.read(table, slide_id=slide_id, columns=["slide_id"]))
+        for table in (TILES.name, PATCHES.name, CAPTIONS.name, TRAINING_PAIRS.name)
+    }
+    quality = lakehouse.read(CAPTION_QUALITY.name, slide_id=slide_id, columns=["passed"])
+    passed = int(quality["passed"].sum()) if len(quality) else 0
+    pairs = counts[TRAINING_PAIRS.name]
+    if pairs:
+        text = f"slide {slide_id!r}: {pairs} training pairs from {counts[CAPTIONS.name]} captions"
+    else:
+        # Say at which stage the slide ran dry, so the fix is the right one.
+        empty = next((table for table, n in counts.items() if n == 0), TRAINING_PAIRS.name)
+        why = (
+            f"all {len(quality)} checked captions were quarantined "
+            "(pathgen sql \"SELECT patch_id, failed_rules FROM caption_quality WHERE NOT passed\")"
+            if len(quality)
+            else f"`{empty}` has no rows for it"
+        )
+        text = f"slide {slide_id!r} yields NO training pairs: {why}"
+    return dg.AssetCheckResult(
+        passed=pairs > 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=text,
+        metadata={
+            "slide_id": slide_id,
+            **counts,
+            "captions_passed": passed,
+            "quarantined": len(quality) - passed,
         },
     )

@@ -4,6 +4,7 @@ and which PATHGEN_* value wins (the shell's, never the repo's .env)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_run_exits_non_zero_and_prints_the_table(home: Path, tmp_path: Path, sam
     good_row = next(line for line in out.splitlines() if "│ good" in line)
     assert "ok" in good_row
     assert "WARNING good: 0 training pairs" in out  # only tiles ran: no pairs, flagged
+    # Progress inside a slide, streamed from its process while it runs: stage, then counts.
+    assert "good: tiles: started" in out
+    assert re.search(r"good: tiles: [\d,]+ rows in [\d.]+s", out), out
+    assert out.index("good: tiles: started") < out.index("good: ok")
 
 
 def test_sql_with_a_wrong_column_prints_duckdbs_message_and_the_columns(

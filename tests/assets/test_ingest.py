@@ -51,6 +51,12 @@ def test_sensor_registers_readable_slides_and_records_errors(instance, resources
     assert observation.asset_key == dg.AssetKey("slide_errors")
     assert observation.metadata["dagster/row_count"].value == 3
     assert "truncated-scan.svs" in observation.metadata["preview"].value
+    # ... and the tick's own message names them with their reasons beside the new slides.
+    message = result.skip_reason.skip_message
+    assert message.startswith("4 new slide(s) registered; 3 file(s) rejected"), message
+    for name in ("truncated-scan.svs: ", "notes-not-a-slide.svs: ", "empty-upload.tiff: "):
+        assert name in message, message
+    assert "truncated" in message and "slide_errors" in message
     # A tick with nothing new says so, and names no rejection twice.
     instance.add_dynamic_partitions(SLIDES_PARTITION, list(request.partition_keys))
     again = landing_sensor(dg.build_sensor_context(instance=instance, resources=resources))

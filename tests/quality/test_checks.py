@@ -8,6 +8,7 @@ chain (slides ... captions with the grounded backend) on a real sample slide.
 
 import io
 import json
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from quality import checks
 from quality.expectations import data_docs_dir
-from quality.report import quality_report
+from quality.report import DATA_DOCS_URL_ENV, data_docs_links, quality_report, serve_data_docs
 from tests.lib.quality.test_fidelity import DRAFT, EDITS, LOW, REVISED
 
 GOOD_CAPTIONS = [
@@ -203,6 +204,16 @@ def test_great_expectations_suite_writes_data_docs(instance, resources, lakehous
     assert index == data_docs_dir(lakehouse.root) / "index.html" and index.is_file()
     assert suite.metadata["evaluated_expectations"].value >= 15
     assert suite.metadata["successful_expectations"].value == suite.metadata["evaluated_expectations"].value
+    assert "data_docs_url" not in suite.metadata  # no docs server named: no dead link
+    # What a browser gets from `pathgen docs`: the index and the page the check names.
+    relative = page.relative_to(data_docs_dir(lakehouse.root)).as_posix()
+    links = data_docs_links(relative, {DATA_DOCS_URL_ENV: "http://127.0.0.1:3001/"})
+    assert links["data_docs_url"].value == f"http://127.0.0.1:3001/{relative}"
+    with serve_data_docs(lakehouse, port=0) as url:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200 and "good-slide" in response.read().decode()
+        with urllib.request.urlopen(url.removesuffix("index.html") + relative, timeout=30) as response:
+            assert "good-slide" in response.read().decode()
 
 
 def test_a_slide_whose_captions_all_fail_blocks_downstream(instance, resources, lakehouse):
@@ -278,6 +289,28 @@ def test_a_passed_gate_with_no_passing_caption_says_it_yields_no_pairs(
     assert f"{len(GOOD_CAPTIONS)} of {len(GOOD_CAPTIONS)} captions passed every rule" in text
 
 
+def test_a_slide_with_no_pairs_gets_a_warning_on_training_pairs(instance, resources, lakehouse):
+    from assets.sql_models import sql_model_assets
+
+    [training_pairs] = [a for a in sql_model_assets if a.key.to_user_string() == "training_pairs"]
+    write_slide(lakehouse, "first", GOOD_CAPTIONS)
+    write_slide(lakehouse, "copies", [GOOD_CAPTIONS[0].rstrip(".")])
+    found = {}
+    for slide_id in ("first", "copies"):
+        write(lakehouse, "slides", slide_id, [{"slide_id": slide_id}])  # training_pairs joins it
+        result = materialize_quality(
+            slide_id, instance, resources, training_pairs, checks.training_pairs_yield
+        )
+        assert result.success
+        found[slide_id] = evaluations(result)[checks.TRAINING_PAIRS_YIELD]
+    assert found["first"].passed
+    assert found["first"].metadata["training_pairs"].value == len(GOOD_CAPTIONS)
+    empty = found["copies"]
+    assert not empty.passed and empty.severity == dg.AssetCheckSeverity.WARN
+    assert "yields NO training pairs: all 1 checked captions were quarantined" in empty.description
+    assert empty.metadata["training_pairs"].value == 0 and empty.metadata["quarantined"].value == 1
+
+
 def test_a_slides_verdicts_ignore_other_slides_but_catch_its_own_duplicates(
     instance, resources, lakehouse
 ):
@@ -333,7 +366,7 @@ def test_quality_report(instance, resources, lakehouse):
     assert report.rules.filter(rule="non_empty")["pass_rate"][0] == 1.0
     assert report.rules.filter(rule="faithful_to_description")["pass_rate"][0] < 1.0
     assert report.slides.sort("slide_id")["gate"].to_list() == ["BLOCKED", "pass"]
-    assert report.data_docs == data_docs_dir(lakehouse.root) / "index.html"
+    assert Path(report.data_docs) == data_docs_dir(lakehouse.root) / "index.html"
     text = str(report)
     assert "faithful_to_description" in text and str(report.data_docs) in text
     empty = quality_report(Lakehouse(root=str(Path(lakehouse.root).parent / "empty")))

@@ -540,3 +540,42 @@ def check_verdicts(instance, check_key, run_ids: Sequence[str] | None = None) ->
         if slide_id is not None:
             verdicts.setdefault(slide_id, record.status.value)
     return verdicts
+
+
+SENSOR_TICKS_QUERY = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 10) { status skipReason timestamp } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def latest_ticks(server: DagsterDev, sensor: str, *, repository: str = "__repository__") -> list[dict]:
+    """The sensor's newest ticks (status, skipReason, timestamp), newest first."""
+    selector = {
+        "repositoryLocationName": server.location_name(),
+        "repositoryName": repository,
+        "sensorName": sensor,
+    }
+    result = server.client()._execute(SENSOR_TICKS_QUERY, {"selector": selector})["sensorOrError"]
+    if result["__typename"] != "Sensor":
+        raise RuntimeError(f"sensor {sensor}: {result}")
+    return result["sensorState"]["ticks"]
+
+
+def wait_for_runs(site: Site, tags: Mapping[str, str], *, timeout: float) -> list:
+    """Runs with ``tags`` once at least one exists and all have finished (newest first)."""
+    import dagster as dg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with site.instance() as instance:
+            runs = instance.get_runs(filters=dg.RunsFilter(tags=dict(tags)))
+        if runs and all(run.is_finished for run in runs):
+            return runs
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no finished run tagged {tags} after {timeout}s: {runs}")
+        time.sleep(3)

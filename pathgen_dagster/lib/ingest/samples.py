@@ -258,3 +258,97 @@ def write_single_level_slide(path: Path, *, side: int = 12_000, tile: int = 512)
         bigtiff=True,
     )
     return path
+
+
+def write_large_pyramid(
+    path: Path,
+    texture: np.ndarray,
+    *,
+    width: int = 80_000,
+    height: int = 60_000,
+    mpp: float = 0.25,
+    block: int = 2048,
+    seed: int = 5,
+) -> Path:
+    """A large 40x Aperio-style pyramid (default 80k x 60k, levels 1, 4, 16, 64) in seconds.
+
+    For benchmarks of whole-slide reading at the sizes labs scan. Tissue covers blobs of
+    ``block`` x ``block`` level-0 squares on glass; ``texture`` (a real H&E crop, RGB, at
+    least 512 px) fills them at every level, so every level shows the same tissue layout.
+    Tiles are JPEG-encoded once per distinct content and written as bytes: an 80k x 60k
+    slide needs no 14 GB of pixels encoded.
+    """
+    import io
+
+    tile = 512
+    rng = np.random.default_rng(seed)
+    blocks_x, blocks_y = math.ceil(width / block), math.ceil(height / block)
+    yy, xx = np.mgrid[0:blocks_y, 0:blocks_x]
+    tissue = np.zeros((blocks_y, blocks_x), dtype=bool)
+    for _ in range(6):  # elliptical islands covering roughly a fifth of the slide
+        cy, cx = rng.uniform(0.15, 0.85) * blocks_y, rng.uniform(0.1, 0.9) * blocks_x
+        ry, rx = rng.uniform(0.08, 0.18) * blocks_y, rng.uniform(0.06, 0.14) * blocks_x
+        tissue |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    glass = np.array([242, 242, 240], dtype=np.uint8)
+    cache: dict[tuple, bytes] = {}
+
+    def encoded(image: np.ndarray) -> bytes:
+        # tifffile's own JPEG encoding, so the bytes are exactly what it would write.
+        buffer = io.BytesIO()
+        tifffile.imwrite(
+            buffer, image, tile=(tile, tile), photometric="rgb", compression="jpeg", metadata=None
+        )
+        with tifffile.TiffFile(io.BytesIO(buffer.getvalue())) as tiff:
+            page = tiff.pages[0]
+            start, size = page.dataoffsets[0], page.databytecounts[0]
+        return buffer.getvalue()[start : start + size]
+
+    def tiles(downsample: int) -> Iterator[bytes]:
+        level_w, level_h = math.ceil(width / downsample), math.ceil(height / downsample)
+        span = tile * downsample  # level-0 pixels per tile side
+        per_block = max(1, block // downsample)  # level pixels per block side
+        patch = np.asarray(Image.fromarray(texture[:512, :512]).resize((per_block, per_block)))
+        for top in range(0, level_h, tile):
+            for left in range(0, level_w, tile):
+                y0, x0 = top * downsample // block, left * downsample // block
+                y1, x1 = min(blocks_y, -(-(top * downsample + span) // block)), min(
+                    blocks_x, -(-(left * downsample + span) // block)
+                )
+                key = (downsample, top * downsample % block, left * downsample % block)
+                key += tuple(tissue[y0:y1, x0:x1].ravel().tolist()) + ((y1 - y0, x1 - x0),)
+                if key not in cache:
+                    image = np.empty((tile, tile, 3), dtype=np.uint8)
+                    image[:] = glass
+                    for by in range(y0, y1):
+                        for bx in range(x0, x1):
+                            if not tissue[by, bx]:
+                                continue
+                            py = by * block // downsample - top
+                            px = bx * block // downsample - left
+                            ys, xs = slice(max(py, 0), min(py + per_block, tile)), slice(
+                                max(px, 0), min(px + per_block, tile)
+                            )
+                            image[ys, xs] = patch[ys.start - py : ys.stop - py, xs.start - px : xs.stop - px]
+                    cache[key] = encoded(image)
+                yield cache[key]
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tiff:
+        for downsample in (1, 4, 16, 64):
+            level_w, level_h = math.ceil(width / downsample), math.ceil(height / downsample)
+            tiff.write(
+                tiles(downsample),
+                shape=(level_h, level_w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="jpeg",
+                description=(
+                    f"Aperio Image Library v12.0.16\r\n{width}x{height} [0,0 {width}x{height}] "
+                    f"({tile}x{tile}) JPEG/RGB Q=75|AppMag = 40|MPP = {mpp * downsample:g}"
+                ),
+                subfiletype=0 if downsample == 1 else 1,
+                metadata=None,
+                software=False,
+                datetime=False,
+            )
+    return path
