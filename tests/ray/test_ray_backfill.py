@@ -58,8 +58,8 @@ SAMPLE_IDS = [
 LAKEHOUSE_ROOT = "s3://lake/ray"
 KILL_AT_STEP = "patch_embeddings"  # tiles are written by then, captions are not
 BACKFILL_TIMEOUT_S = 1200
-# A Ray job's entrypoint: `dagster api execute_run '{... "run_id": "<id>" ...}'`.
-RUN_WORKER = re.compile(r"dagster api (?:execute_run|resume_run) .*?\"run_id\": \"([0-9a-f-]{36})\"")
+# A Ray job's entrypoint: `dagster api execute_run '{... "pipeline_run_id": "<id>" ...}'`.
+RUN_WORKER = re.compile(r"dagster api (?:execute_run|resume_run) .*?_run_id\": \"([0-9a-f-]{36})\"")
 # Per-slide tables, the column that identifies a row, and the text compared with the local run.
 COMPARED = {
     "slides": ("slide_id", "sha256"),
