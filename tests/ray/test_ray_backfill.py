@@ -57,7 +57,8 @@ SAMPLE_IDS = [
 ]
 LAKEHOUSE_ROOT = "s3://lake/ray"
 KILL_AT_STEP = "patch_embeddings"  # tiles are written by then, captions are not
-BACKFILL_TIMEOUT_S = 1200
+BACKFILL_TIMEOUT_S = 1800
+REPLACEMENT = "worker-3"
 # A Ray job's entrypoint: `dagster api execute_run '{... "pipeline_run_id": "<id>" ...}'`.
 RUN_WORKER = re.compile(r"dagster api (?:execute_run|resume_run) .*?_run_id\": \"([0-9a-f-]{36})\"")
 # Per-slide tables, the column that identifies a row, and the text compared with the local run.
@@ -165,7 +166,8 @@ def test_backfill_on_ray_survives_a_lost_worker(
     with ray_site.instance() as instance:
         deadline = time.monotonic() + BACKFILL_TIMEOUT_S
         while server.backfill(backfill_id)["status"] not in TERMINAL_BACKFILL:
-            assert time.monotonic() < deadline, f"backfill {backfill_id} did not finish"
+            if time.monotonic() > deadline:
+                break  # the report below still says how far it got
             seen_nodes.update(run_worker_nodes(ray_cluster))
             if not killed:
                 for run in backfill_runs(instance):
@@ -179,6 +181,9 @@ def test_backfill_on_ray_survives_a_lost_worker(
                             "processes_killed": ray_cluster.kill_node(node),
                             "at_s": round(time.perf_counter() - started, 1),
                         }
+                        # The cluster replaces the lost machine (as KubeRay or the autoscaler
+                        # would), so the remaining runs do not all queue on one node.
+                        ray_cluster.add_worker(REPLACEMENT)
                         break
             time.sleep(1)
         seconds = time.perf_counter() - started
@@ -218,8 +223,10 @@ def test_backfill_on_ray_survives_a_lost_worker(
     (artifacts / "ray-backfill.json").write_text(json.dumps(report, indent=2) + "\n")
     print("ray backfill:", json.dumps(report, indent=2))
 
-    # The runs were Ray jobs on the worker nodes, both of them, never on the head.
-    assert {node for node in seen_nodes.values()} == set(ray_cluster.worker_names), seen_nodes
+    assert state["status"] in TERMINAL_BACKFILL, f"backfill {backfill_id} did not finish: {report}"
+    # The runs were Ray jobs on the worker nodes, both first ones, never on the head.
+    used = set(seen_nodes.values())
+    assert set(ray_cluster.worker_names) <= used <= {*ray_cluster.worker_names, REPLACEMENT}, seen_nodes
     # The lost worker: Ray says the job failed, Dagster failed the run and retried it elsewhere.
     assert killed, f"no run reached {KILL_AT_STEP} while the backfill ran"
     assert killed["processes_killed"] > 0
