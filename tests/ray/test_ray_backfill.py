@@ -27,7 +27,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from scripts.ray.local_cluster import LocalRayCluster, pids_with
@@ -150,6 +149,9 @@ def rows(lakehouse: Lakehouse, table: str) -> pl.DataFrame:
 def test_backfill_on_ray_survives_a_lost_worker(
     local_run, server, ray_site, ray_cluster, s3_server, pg_env
 ):
+    # Imported here: collecting this module in the main venv (no `ray` extra) must work.
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     pipeline = describe_pipeline(server)
     client = JobSubmissionClient(ray_cluster.address)
     started = time.perf_counter()
