@@ -73,16 +73,6 @@ COMPARED = {
 }
 
 
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"gave up after {timeout}s waiting for {what}")
-
-
 def run_worker_nodes(cluster: LocalRayCluster) -> dict[str, str]:
     """run id -> the node whose processes execute it now (the job's `dagster api` entrypoint)."""
     nodes = {}
