@@ -116,7 +116,9 @@ def all_band_combinations() -> list[MorphologyFacts]:
     validated = sorted(findings.VALIDATED)
     present_sets = [set(), *({n} for n in validated), set(validated)]
     return [
-        with_findings(with_bands(**dict(zip(names, labels, strict=True))), present_sets[i % len(present_sets)])
+        with_findings(
+            with_bands(**dict(zip(names, labels, strict=True))), present_sets[i % len(present_sets)]
+        )
         for i, labels in enumerate(itertools.product(*(BANDS[n].labels for n in names)))
     ]
 
@@ -367,7 +369,11 @@ def test_facts_sentence_states_every_assessable_band_the_same_way_each_time():
         assert sentence == facts_sentence(facts, "lung") and sentence.endswith(".")
         assert contradictions(sentence, facts) == []
         worded = [b for b in BANDS if b not in EVIDENCE_BANDS]
-        present = {n: {findings.PRESENT} for n in findings.VALIDATED if expected_label(facts, n) == findings.PRESENT}
+        present = {
+            n: {findings.PRESENT}
+            for n in findings.VALIDATED
+            if expected_label(facts, n) == findings.PRESENT
+        }
         assert {b: {getattr(facts, b)} for b in worded} | present == bands_said(sentence)
     empty = make_facts(tissue_fraction=0.01, white_fraction=0.99)
     assert set(bands_said(facts_sentence(empty, None))) == {"lumen_or_fat"}
@@ -382,3 +388,60 @@ def test_revise_states_an_absent_infiltrate_when_correcting_a_claimed_one():
     assert modify["span"] == "A dense lymphocytic infiltrate surrounds them."
     assert bands_said(modify["replacement"]) == {"inflammation_hint": {"none"}}
     assert revised.startswith("Cells are closely packed.")
+
+
+# --- the vocabulary of findings ---------------------------------------------------------
+
+
+def every_text_the_backend_writes(facts_list: list[MorphologyFacts], seeds: int = 2):
+    for i, facts in enumerate(facts_list):
+        for seed in (f"v{i}-{k}" for k in range(seeds)):
+            description = describe(facts, tissue_site="skin", seed=seed)
+            yield description
+            yield summarize(description, facts, seed=seed)
+            yield facts_sentence(facts, "skin")
+
+
+def test_no_unvalidated_finding_can_be_written():
+    # Every detector reports its finding, validated or not: only validated words may appear.
+    from pathgen_dagster.lib.quality.lexicon import get_lexicon
+
+    lexicon = get_lexicon()
+    everything = {d.name for d in findings.DETECTORS}
+    facts_list = [with_findings(f, everything) for f in all_band_combinations()[::4]]
+    unvalidated = {d.lexicon_term for d in findings.DETECTORS if d.name not in findings.VALIDATED}
+    assert unvalidated, "the registry should hold detectors that failed the bar"
+    for text in every_text_the_backend_writes(facts_list):
+        written = {m.term for m in lexicon.mentions(text) if not m.negated}
+        assert not written & unvalidated, text
+
+
+def test_every_finding_word_is_known_to_the_lexicon_and_the_claim_rules():
+    from pathgen_dagster.lib.quality.lexicon import get_lexicon
+
+    lexicon = get_lexicon()
+    for name in sorted(findings.VALIDATED):
+        facts = with_findings(HIGH, {name})
+        term = findings.DETECTORS_BY_NAME[name].lexicon_term
+        for k in range(12):
+            description = describe(facts, tissue_site=None, seed=f"f{k}")
+            caption = summarize(description, facts, seed=f"f{k}")
+            for text in (description, caption):
+                if name in bands_said(text):
+                    assert term in {m.term for m in lexicon.mentions(text)}, (term, text)
+            assert bands_said(description)[name] == {findings.PRESENT}
+            # The same words are contradicted where the detector found nothing.
+            found = contradictions(description, HIGH_WITHOUT)
+            assert any(f"[{name}_contradicted]" in r for _, r in found)
+
+
+HIGH_WITHOUT = with_findings(HIGH, set())
+
+
+def test_captions_vary_in_frame_and_wording():
+    captions = set()
+    for k in range(60):
+        description = describe(HIGH, tissue_site="LUAD", seed=f"c{k}")
+        captions.add(summarize(description, HIGH, seed=f"c{k}"))
+    assert len(captions) >= 55
+    assert any("lung" in c or "pulmonary" in c for c in captions)
