@@ -37,8 +37,13 @@ from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARG
 from pathgen_dagster.lib.selection.morphology import BANDS, EVIDENCE_BANDS, measure
 
 TILE = 672
-STOPWORDS = frozenset(  # noqa: SIM905 (a word list reads better as one string)
-    ["a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "without", "by", "from", "for", "is", "are", "be", "it", "its", "this", "that", "these", "those", "as", "into", "between", "within", "which", "while", "but", "so", "than", "then", "there", "their", "one"]
+STOPWORDS = frozenset(
+    {
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "without", "by",
+    "from", "for", "is", "are", "be", "it", "its", "this", "that", "these", "those", "as",
+    "into", "between", "within", "which", "while", "but", "so", "than", "then", "there",
+    "their", "one",
+    }
 )
 
 
