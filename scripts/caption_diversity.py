@@ -39,10 +39,10 @@ from pathgen_dagster.lib.selection.morphology import BANDS, EVIDENCE_BANDS, meas
 TILE = 672
 STOPWORDS = frozenset(
     {
-    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "without", "by",
-    "from", "for", "is", "are", "be", "it", "its", "this", "that", "these", "those", "as",
-    "into", "between", "within", "which", "while", "but", "so", "than", "then", "there",
-    "their", "one",
+        "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "without", "by",
+        "from", "for", "is", "are", "be", "it", "its", "this", "that", "these", "those", "as",
+        "into", "between", "within", "which", "while", "but", "so", "than", "then", "there",
+        "their", "one",
     }
 )
 

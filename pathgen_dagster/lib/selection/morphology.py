@@ -9,6 +9,9 @@ tiles :class:`MorphologyEncoder` returns
   names, plus categorical bands (``cellularity``, ``nuclear_size`` ...) read from the one
   band table :data:`BANDS`. The grounded caption backend (``lib/verbalize.py``) writes
   text from these facts and the quality stage checks captions against them.
+* the numbers of the finding detectors (``lib/selection/findings.py``: keratin, collagen,
+  marking ink, red cells, lumina, elongated nuclei), which reuse the LoG nuclei; only
+  findings validated on labelled crops are ever worded;
 * an embedding: the measurements listed in :data:`DESCRIPTOR_COMPONENTS`, standardised
   with fixed reference statistics, weighted and L2-normalised, so that cosine similarity
   compares tiles across slides and batches.
