@@ -149,7 +149,7 @@ def capacity() -> None:
                 * len(v._CELLULAR_ADJECTIVES[said["cellularity"]])
                 * len(v._SIZES[said["nuclear_size"]])
                 * len(v._PLEOMORPHISM[said["pleomorphism"]])
-                * 3  # nuclei templates
+                * 2  # nuclei templates
                 * len(v._STROMA_PHRASES[said["stroma"]])
                 * len(v._SPACES_PHRASES[said["lumen_or_fat"]])
                 * (len(v._INFLAMMATION_PHRASES[said["inflammation_hint"]]))

@@ -53,7 +53,8 @@ def main() -> None:
             y = int(rng.integers(0, image.shape[0] - side))
             x = int(rng.integers(0, image.shape[1] - side))
             crop = image[y : y + side, x : x + side]
-            if tissue_share(crop) < 0.5 or any(abs(x - a) < spacing and abs(y - b) < spacing for a, b in taken):
+            crowded = any(abs(x - a) < spacing and abs(y - b) < spacing for a, b in taken)
+            if tissue_share(crop) < 0.5 or crowded:
                 continue
             taken.append((x, y))
             name = f"{prefix}-{len(taken) - 1:02d}.png"

@@ -19,6 +19,7 @@ from PIL import Image
 from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
 from pathgen_dagster.lib.captions.verbalize import (
     CLAIM_RULES,
+    SCANT_STROMA_MAX_COLLAGEN,
     contradictions,
     describe,
     facts_sentence,
@@ -123,6 +124,10 @@ def all_band_combinations() -> list[MorphologyFacts]:
     ]
 
 
+def collagen_shows(facts: MorphologyFacts) -> bool:
+    return facts.collagen_fraction >= SCANT_STROMA_MAX_COLLAGEN
+
+
 def expected_label(facts: MorphologyFacts, claim: str) -> str:
     detector = findings.DETECTORS_BY_NAME.get(claim)
     if detector is None:
@@ -192,7 +197,11 @@ def test_every_description_reads_back_as_exactly_what_was_measured():
             said = bands_said(text)
             for rule in CLAIM_RULES:  # every band is stated, not an absent infiltrate or finding
                 label = expected_label(facts, rule.claim)
-                unsaid = label == "none" or (rule.claim in findings.VALIDATED and label == findings.ABSENT)
+                unsaid = (
+                    label == "none"
+                    or (rule.claim in findings.VALIDATED and label == findings.ABSENT)
+                    or (rule.claim == "stroma" and label == "scant" and collagen_shows(facts))
+                )
                 if unsaid:
                     assert rule.claim not in said, text
                 else:
@@ -445,3 +454,10 @@ def test_captions_vary_in_frame_and_wording():
         captions.add(summarize(description, HIGH, seed=f"c{k}"))
     assert len(captions) >= 55
     assert any("lung" in c or "pulmonary" in c for c in captions)
+
+
+def test_scant_stroma_is_not_said_where_collagen_shows():
+    facts = replace(with_bands(stroma="scant"), collagen_fraction=0.2)
+    for k in range(10):
+        text = describe(facts, tissue_site=None, seed=f"s{k}")
+        assert "stroma" not in bands_said(text), text
