@@ -3,9 +3,9 @@
 Two corpora, measured by the morphology encoder and captioned by the default chain
 (describe -> revise -> summarize, seeded by the tile id, as the agents do):
 
-* ``demo``: 672 px tiles of the CMU slide (0.499 um/px) at a 224 px stride and of
-  tiatoolbox's carcinoma image (0.25 um/px) at a 164 px stride;
-* ``large``: 672 px tissue tiles of the sample zone's 40x multi-tissue slide
+* ``demo``: 672 px tiles of the CMU slide (0.499 um/px) at a 112 px stride and of
+  tiatoolbox's carcinoma image (0.25 um/px) at an 82 px stride (overlapping: many patches);
+* ``large``: 672 px tissue tiles, at half-tile strides, of the sample zone's 40x multi-tissue slide
   (``synthetic-aperio-40x.svs``: 12 islands of real skin and carcinoma, 0.25 um/px),
   composed in memory exactly as ``pathgen samples`` writes it.
 
@@ -66,7 +66,7 @@ def demo_tiles() -> list[tuple[str, np.ndarray, float]]:
         cmu = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
     target = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET)).convert("RGB"))
     out = []
-    for name, image, mpp, stride in (("cmu", cmu, 0.499, 224), ("target", target, 0.25, 164)):
+    for name, image, mpp, stride in (("cmu", cmu, 0.499, 112), ("target", target, 0.25, 82)):
         for x, y in grid(image, stride):
             tile = image[y : y + TILE, x : x + TILE]
             if tissue_share(tile) >= 0.5:
@@ -83,8 +83,8 @@ def large_tiles(limit: int) -> list[tuple[str, np.ndarray, float]]:
     out = []
     for island in islands:
         h, w = island.alpha.shape[:2]
-        for y in range(island.y, island.y + h - TILE + 1, TILE):
-            for x in range(island.x, island.x + w - TILE + 1, TILE):
+        for y in range(island.y, island.y + h - TILE + 1, TILE // 2):
+            for x in range(island.x, island.x + w - TILE + 1, TILE // 2):
                 tile = samples.compose(islands, x, y, TILE, TILE, 1).astype(np.uint8)
                 if tissue_share(tile) >= 0.5:
                     out.append((f"large_{x}_{y}", tile, recipe.mpp))
@@ -178,7 +178,7 @@ def empirical_capacity(tiles_facts: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large-tiles", type=int, default=260)
+    parser.add_argument("--large-tiles", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
     demo = demo_tiles()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from pathgen_dagster.lib.captions.tokenizer import get_tokenizer
+from pathgen_dagster.lib.quality.lexicon import get_lexicon
 from pathgen_dagster.lib.selection import findings
 from pathgen_dagster.lib.selection.morphology import TISSUE_MIN_FRACTION, MorphologyFacts
 
@@ -472,7 +473,7 @@ _CELLULARITY = {
     "high": (
         "The tissue is densely cellular, with nuclei closely packed throughout much of the "
         "field and little room between neighbouring cells.",
-        "Cellularity is high: the cells are closely packed, with neighbouring nuclei almost "
+        "Cellularity is high: the tissue is densely cellular, with neighbouring nuclei almost "
         "touching.",
         "The field is highly cellular and composed of closely packed cells.",
         "It is a hypercellular field in which crowded nuclei leave little space between cells.",
@@ -483,12 +484,12 @@ _CELLULARITY = {
         "The tissue is moderately cellular, with nuclei spread fairly evenly across the field.",
         "The tissue shows moderate cellularity, neither crowded nor sparse, with nuclei "
         "distributed across the field.",
-        "Nuclei are spaced at intervals, giving the tissue an intermediate cellularity.",
+        "Nuclei are spaced at intervals, giving the tissue a moderate cellularity.",
     ),
     "low": (
         "The tissue is sparsely cellular, with few nuclei scattered through it and wide "
         "intervals between neighbouring cells.",
-        "Cellularity is low, and the nuclei are widely separated by the surrounding tissue.",
+        "Cellularity is low: the tissue is sparsely cellular, its nuclei widely separated.",
         "The tissue is of low cellularity, with nuclei set far apart from one another.",
         "This is a hypocellular field: only scattered nuclei interrupt the tissue.",
     ),
@@ -633,7 +634,7 @@ _INFLAMMATION_PHRASE = {
 _INFLAMMATION_PHRASES = {
     "none": ("no inflammatory infiltrate",),
     "possible": ("a possible lymphocytic infiltrate", "a possible inflammatory infiltrate",
-                 "possible lymphoid infiltrates", "a possible immune cell infiltrate"),
+                 "a possible immune cell infiltrate"),
 }
 
 # Site-aware phrasing: TCGA codes of the prompt library and plain organ names, each with
@@ -919,6 +920,16 @@ def summarize(
         max_words: word budget (PathGen's captions averaged ~50 words and overflowed CLIP).
         tissue_site: the slide's site; when None, the site the description names is used.
     """
+    lexicon = get_lexicon()
+
+    def choose(options: dict[str, Sequence[str]], label: str | None, slot: str) -> str | None:
+        # Only wordings whose findings the description names too (the caption-quality
+        # gate's lexicon rule): "hypocellular" needs a hypocellular synonym there.
+        if label not in options:
+            return None
+        fitting = [o for o in options[label] if not lexicon.unsupported_claims(o, description)]
+        return _pick(fitting, seed, slot) if fitting else None
+
     said: dict[str, str] = {}
     for claim in read_claims(description):
         label = _label(facts, claim.claim) if claim.claim in RULES_BY_CLAIM else None
@@ -930,8 +941,8 @@ def summarize(
         site_key = tissue_site if _mentions_site(description, tissue_site) else None
     site = _site_phrase(site_key, seed)
     empty = not _has_tissue(facts) and bool(re.search(r"\bempty\b", description, re.I))
-    if "cellularity" in said:
-        cellular = _pick(_CELLULAR_ADJECTIVES[said["cellularity"]], seed, "cellular")
+    cellular = choose(_CELLULAR_ADJECTIVES, said.get("cellularity"), "cellular")
+    if cellular:
         subject = f"{cellular} {site}"
     elif empty:
         subject = f"nearly empty field with little {site}"
@@ -942,20 +953,21 @@ def summarize(
     items = [  # (importance: higher is kept longer, phrase), in the order the seed picks
         (priority, phrase)
         for priority, phrase in (
-            (5, _nuclei_phrase(said, seed)),
-            *((2, phrase) for phrase in _finding_phrases(said, seed)),
-            (4, _pick_from(_STROMA_PHRASES, said.get("stroma"), seed, "c-stroma")),
-            (3, _pick_from(_INFLAMMATION_PHRASES, said.get("inflammation_hint"), seed, "c-infl")),
+            (5, _nuclei_phrase(said, seed, choose)),
+            *((2, choose(_FINDING_PHRASES, n, f"c-{n}")) for n in _FINDING_SLOTS if n in said),
+            (4, choose(_STROMA_PHRASES, said.get("stroma"), "c-stroma")),
+            (3, choose(_INFLAMMATION_PHRASES, said.get("inflammation_hint"), "c-infl")),
         )
         if phrase
     ]
     items = _ordered(items, seed)
-    spaces = _pick_from(_SPACES_PHRASES, said.get("lumen_or_fat"), seed, "c-spaces")
+    spaces = choose(_SPACES_PHRASES, said.get("lumen_or_fat"), "c-spaces")
     if spaces:  # always last: its qualifiers must not reach a later noun
         items.append((1, spaces))
+    frames = [f for f in _FRAMES if not lexicon.unsupported_claims(f, description)]
     tokenizer = get_tokenizer()
     while True:
-        caption = _caption(subject, [phrase for _, phrase in items], seed, joined=empty)
+        caption = _caption(subject, [phrase for _, phrase in items], seed, frames, joined=empty)
         if (len(caption.split()) <= max_words and tokenizer.fits(caption)) or not items:
             return caption
         items.remove(min(items, key=lambda item: item[0]))
@@ -965,19 +977,6 @@ def _mentions_site(description: str, tissue_site: str) -> bool:
     known = _known_site(tissue_site)
     words = known if known else (tissue_site.strip(),)
     return any(re.search(rf"\b{re.escape(w)}\b", description, re.I) for w in words if w)
-
-
-def _pick_from(options: dict[str, Sequence[str]], label: str | None, seed: str, slot: str) -> str | None:
-    return _pick(options[label], seed, slot) if label in options else None
-
-
-def _finding_phrases(said: dict[str, str], seed: str) -> list[str]:
-    """A phrase for every present finding the description states."""
-    return [
-        _pick(_FINDING_PHRASES[n], seed, f"c-{n}")
-        for n in _FINDING_SLOTS
-        if said.get(n) == findings.PRESENT
-    ]
 
 
 # Caption orders: which phrase leads (indices into the importance-sorted phrases).
@@ -992,23 +991,23 @@ def _ordered(items: list[tuple[int, str]], seed: str) -> list[tuple[int, str]]:
     return [head[i] for i in _pick(_ORDERS, seed, "c-order") if i < len(head)] + tail
 
 
-def _nuclei_phrase(said: dict[str, str], seed: str) -> str | None:
+def _nuclei_phrase(said: dict[str, str], seed: str, choose: Callable) -> str | None:
     size, pleomorphism = said.get("nuclear_size"), said.get("pleomorphism")
-    if size:
-        size_word = _pick(_SIZES[size], seed, "c-size")
-    if size and pleomorphism:
-        variation = _pick(_PLEOMORPHISM[pleomorphism], seed, "pleomorphism")
-        template = _pick(
-            ("{size} nuclei with {variation}", "{adverb} pleomorphic {size} nuclei"),
-            seed,
-            "c-nuclei",
-        )
-        return template.format(size=size_word, variation=variation, adverb=_PLEOMORPHIC[pleomorphism])
-    if size:
-        return f"{size_word} nuclei"
+    size_word = choose(_SIZES, size, "c-size")
     if pleomorphism:
-        return f"nuclei with {_pick(_PLEOMORPHISM[pleomorphism], seed, 'pleomorphism')}"
-    return None
+        options = {
+            "with": [f"nuclei with {v}" for v in _PLEOMORPHISM[pleomorphism]],
+            "adverb": [f"{_PLEOMORPHIC[pleomorphism]} pleomorphic nuclei"],
+        }
+        form = _pick(("with", "adverb"), seed, "c-nuclei")
+        nuclei = choose(options, form, "pleomorphism") or choose(options, "with", "pleomorphism")
+        if nuclei and size_word:
+            return nuclei.replace("nuclei", f"{size_word} nuclei", 1) if form == "adverb" else (
+                f"{size_word} {nuclei}"
+            )
+        if nuclei:
+            return nuclei
+    return f"{size_word} nuclei" if size_word else None
 
 
 # Caption frames: {subject} is e.g. "densely cellular skin tissue", {listed} the phrases.
@@ -1028,13 +1027,17 @@ _FRAMES = (
 )
 
 
-def _caption(subject: str, parts: list[str], seed: str, *, joined: bool = False) -> str:
+def _caption(
+    subject: str, parts: list[str], seed: str, frames: Sequence[str], *, joined: bool = False
+) -> str:
     if not parts:
         return f"{subject[0].upper()}{subject[1:]}."
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     if joined:  # "Nearly empty field with little tissue and prominent clear spaces."
         return f"{subject[0].upper()}{subject[1:]} and {listed}."
-    frame = _pick(_FRAMES, seed, "caption")
+    frame = _pick(frames or _FRAMES[:1], seed, "caption")
+    if "with {listed}" in frame:  # not "with large nuclei with marked pleomorphism"
+        listed = listed.replace(" nuclei with ", " nuclei showing ", 1)
     if "H&E" in frame or "Photomicrograph" in frame:
         subject = subject.removeprefix("H&E-stained ")
     return frame.format(
