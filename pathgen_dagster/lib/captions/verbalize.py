@@ -406,6 +406,8 @@ def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
     """Why the facts do not support ``claim``, or None when they do."""
     if claim.claim in UNMEASURED_FINDINGS:
         return f"no measurement here can see {claim.claim} [{claim.claim}_unmeasured]"
+    if claim.claim in findings.DETECTORS_BY_NAME and _label(facts, claim.claim) == findings.UNKNOWN:
+        return None  # measured before the finding detectors existed: nothing to judge with
     rule = RULES_BY_CLAIM[claim.claim]
     subject = claim.claim.replace("_", " ")
     if not rule.assessable(facts):
