@@ -564,11 +564,11 @@ _LUMEN_SENTENCE = {
     "focal": (
         "A few clear spaces are present, but tissue occupies most of the field.",
         "Occasional clear spaces are present, while the rest of the field is filled by tissue.",
-        "Scattered white spaces interrupt the tissue here and there.",
+        "A few white spaces interrupt the tissue here and there.",
     ),
     "prominent": (
-        "Prominent clear spaces take up much of the field.",
-        "Extensive white spaces occupy a substantial part of the field.",
+        "Prominent clear spaces take up much of the field between the pieces of tissue.",
+        "Extensive white spaces occupy a substantial part of the field around the tissue.",
         "Conspicuous open spaces separate the pieces of tissue.",
     ),
 }
