@@ -493,7 +493,7 @@ _CELLULARITY = {
         "intervals between neighbouring cells.",
         "Cellularity is low: the tissue is sparsely cellular, its nuclei widely separated.",
         "The tissue is of low cellularity, with nuclei set far apart from one another.",
-        "This is a hypocellular field: only scattered nuclei interrupt the tissue.",
+        "This is a hypocellular field: only a few nuclei interrupt the tissue.",
     ),
 }
 _SIZE = {"small": "small", "medium": "medium-sized", "large": "large"}
