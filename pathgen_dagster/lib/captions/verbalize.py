@@ -484,8 +484,7 @@ _CELLULARITY = {
         "Cellularity is moderate, with nuclei separated by intervening tissue rather than "
         "touching one another.",
         "The tissue is moderately cellular, with nuclei spread fairly evenly across the field.",
-        "The tissue shows moderate cellularity, neither crowded nor sparse, with nuclei "
-        "distributed across the field.",
+        "The tissue shows moderate cellularity, with nuclei distributed across the field.",
         "Nuclei are spaced at intervals, giving the tissue a moderate cellularity.",
     ),
     "low": (
