@@ -26,12 +26,15 @@ the tests check that every sentence the backend writes reads back as what it mea
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from pathgen_dagster.lib.captions.tokenizer import get_tokenizer
+from pathgen_dagster.lib.quality.lexicon import get_lexicon
+from pathgen_dagster.lib.selection import findings
 from pathgen_dagster.lib.selection.morphology import TISSUE_MIN_FRACTION, MorphologyFacts
 
 EditOp = Literal["modify", "delete", "add"]
@@ -272,7 +275,50 @@ CLAIM_RULES: tuple[ClaimRule, ...] = (
         ),
     ),
 )
+
+
+def _finding_measured(name: str) -> Callable[[MorphologyFacts], bool]:
+    detector = findings.DETECTORS_BY_NAME[name]
+    return lambda f: _label(f, name) != findings.UNKNOWN and (
+        name == "ink" or _has_tissue(f)  # ink lies on glass too
+    ) and detector.measure is not None
+
+
+# Findings: "present" or "absent" by the detectors of lib/selection/findings.py. Only
+# validated findings have a rule: they are the only ones the backend writes, and the only
+# ones whose detector is trusted to judge another backend's text.
+_FINDING_WORDS = {
+    "keratin": r"keratin(?:ous)?|cornified\s+(?:layer|material|lamellae)",
+    "collagen": r"collagen(?:ous)?(?:\s+(?:fibres?|fibers?|bundles?))?",
+    "ink": r"(?:tissue-?\s*)?marking\s+ink|surgical\s+ink|\bink(?:ed)?",
+}
+_FINDING_RULES = tuple(
+    ClaimRule(
+        name,
+        (
+            _wording(_negated_list(_FINDING_WORDS[name]), findings.ABSENT),
+            _wording(rf"\b(?:{_FINDING_WORDS[name]})\b", findings.PRESENT),
+        ),
+        salient=frozenset({findings.PRESENT}),
+        assessable=_finding_measured(name),
+        evidence=lambda f, d=findings.DETECTORS_BY_NAME[name]: (
+            f"{d.measure} {getattr(f, d.measure):.3g}, present from {d.threshold:.3g}"
+        ),
+    )
+    for name in sorted(findings.VALIDATED)
+)
+CLAIM_RULES = CLAIM_RULES + _FINDING_RULES
 RULES_BY_CLAIM = {rule.claim: rule for rule in CLAIM_RULES}
+
+
+def _label(facts: MorphologyFacts, claim: str) -> str:
+    """The facts' label for a band or a finding ('present' / 'absent' / 'unknown')."""
+    detector = findings.DETECTORS_BY_NAME.get(claim)
+    if detector is not None:
+        if detector.measure is None:
+            return findings.UNKNOWN
+        return findings.label(detector, getattr(facts, detector.measure))
+    return getattr(facts, claim)
 
 # Findings that no measurement of the morphology encoder can see: asserting one is never
 # supported (denying one, "no necrosis", asserts nothing and passes).
@@ -360,6 +406,8 @@ def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
     """Why the facts do not support ``claim``, or None when they do."""
     if claim.claim in UNMEASURED_FINDINGS:
         return f"no measurement here can see {claim.claim} [{claim.claim}_unmeasured]"
+    if claim.claim in findings.DETECTORS_BY_NAME and _label(facts, claim.claim) == findings.UNKNOWN:
+        return None  # measured before the finding detectors existed: nothing to judge with
     rule = RULES_BY_CLAIM[claim.claim]
     subject = claim.claim.replace("_", " ")
     if not rule.assessable(facts):
@@ -370,7 +418,7 @@ def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
         else:
             why = f"tissue covers only {facts.tissue_fraction:.0%} of the field"
         return f"{why}, too little to judge {subject} [{claim.claim}_unassessable]"
-    measured = getattr(facts, claim.claim)
+    measured = _label(facts, claim.claim)
     if measured in claim.labels:
         return None
     said = " or ".join(sorted(claim.labels))
@@ -402,9 +450,9 @@ def split_sentences(text: str) -> list[str]:
 # Wording: every phrase below reads back (read_claims) as the band it was written from
 # ---------------------------------------------------------------------------------------
 
-_COVERAGE = (  # (lowest tissue fraction, participle phrase)
-    (0.9, ("filling the entire field", "covering the whole field")),
-    (0.6, ("occupying most of the field", "covering most of the field")),
+_COVERAGE = (  # (lowest tissue fraction, participle phrases)
+    (0.9, ("filling the entire field", "covering the whole field", "filling the field edge to edge")),
+    (0.6, ("occupying most of the field", "covering most of the field", "taking up most of the view")),
     (0.35, ("covering roughly half of the field", "occupying about half of the field")),
     (0.0, ("covering only a small part of the field", "occupying a small part of the field")),
 )
@@ -412,45 +460,59 @@ _OPENING = (
     "This H&E-stained image shows {site} {coverage}.",
     "The H&E-stained section contains {site} {coverage}.",
     "In this H&E-stained section, {site} is seen {coverage}.",
+    "The field is an H&E-stained view of {site}, {coverage}.",
+    "At this magnification the H&E-stained slide shows {site} {coverage}.",
+    "Haematoxylin and eosin staining highlights {site} {coverage}.",
 )
 _EMPTY = (
     "This H&E-stained image is almost entirely empty, with only small fragments of {site} "
     "and no assessable cellular detail.",
     "The H&E-stained field is largely empty and contains almost no {site}; only small "
     "fragments are present, too few to assess cellular detail.",
+    "Very little {site} is present in this H&E-stained field, which is mostly empty glass.",
 )
 _CELLULARITY = {
     "high": (
         "The tissue is densely cellular, with nuclei closely packed throughout much of the "
         "field and little room between neighbouring cells.",
-        "Cellularity is high: the cells are closely packed, with neighbouring nuclei almost "
+        "Cellularity is high: the tissue is densely cellular, with neighbouring nuclei almost "
         "touching.",
         "The field is highly cellular and composed of closely packed cells.",
+        "It is a hypercellular field in which crowded nuclei leave little space between cells.",
     ),
     "moderate": (
         "Cellularity is moderate, with nuclei separated by intervening tissue rather than "
         "touching one another.",
         "The tissue is moderately cellular, with nuclei spread fairly evenly across the field.",
-        "The tissue shows moderate cellularity, neither crowded nor sparse, with nuclei "
-        "distributed across the field.",
+        "The tissue shows moderate cellularity, with nuclei distributed across the field.",
+        "Nuclei are spaced at intervals, giving the tissue a moderate cellularity.",
     ),
     "low": (
         "The tissue is sparsely cellular, with few nuclei scattered through it and wide "
         "intervals between neighbouring cells.",
-        "Cellularity is low, and the nuclei are widely separated by the surrounding tissue.",
+        "Cellularity is low: the tissue is sparsely cellular, its nuclei widely separated.",
         "The tissue is of low cellularity, with nuclei set far apart from one another.",
+        "This is a hypocellular field: only a few nuclei interrupt the tissue.",
     ),
 }
 _SIZE = {"small": "small", "medium": "medium-sized", "large": "large"}
+_SIZES = {
+    "small": ("small",),
+    "medium": ("medium-sized", "intermediate-sized"),
+    "large": ("large", "enlarged"),
+}
 _PLEOMORPHISM = {
-    "mild": ("mild pleomorphism", "little variation in nuclear size"),
-    "moderate": ("moderate pleomorphism", "moderate variation in nuclear size"),
-    "marked": ("marked pleomorphism", "marked variation in nuclear size"),
+    "mild": ("mild pleomorphism", "little variation in nuclear size", "minimal pleomorphism"),
+    "moderate": ("moderate pleomorphism", "moderate variation in nuclear size",
+                 "some variation in nuclear size"),
+    "marked": ("marked pleomorphism", "marked variation in nuclear size",
+               "striking pleomorphism", "pronounced variation in nuclear size"),
 }
 _NUCLEI_SENTENCE = (
     "The nuclei are predominantly {size} and show {pleomorphism} from one cell to the next.",
     "Most nuclei are {size}, with {pleomorphism} across the cell population.",
     "{Size} nuclei predominate and display {pleomorphism} throughout the field.",
+    "{Size} nuclei make up most of the population, with {pleomorphism}.",
 )
 _STROMA_SENTENCE = {
     "abundant": (
@@ -458,41 +520,61 @@ _STROMA_SENTENCE = {
         "field a predominantly pink appearance.",
         "There is abundant pink, eosinophilic material, in keeping with stroma or cytoplasm, "
         "and it outweighs the haematoxylin-stained areas.",
+        "Extensive eosinophilic stroma or cytoplasm dominates the tissue.",
     ),
     "moderate": (
         "A moderate amount of eosinophilic stroma or cytoplasm lies between the "
         "haematoxylin-stained cellular areas.",
         "There is a moderate amount of pink, eosinophilic stroma or cytoplasm between the "
         "purple, haematoxylin-rich areas.",
+        "Between the cellular areas lies a moderate amount of stroma or pink cytoplasm.",
     ),
     "scant": (
         "Only scant eosinophilic stroma or cytoplasm is seen between the cells, so the "
         "tissue appears predominantly purple.",
         "There is little eosinophilic stroma or cytoplasm between the nuclei, and "
         "haematoxylin-stained areas dominate the tissue.",
+        "Minimal stroma separates the cells, and the haematoxylin-stained areas prevail.",
+    ),
+}
+_FINDING_SENTENCE = {
+    "keratin": (
+        "Layers of anucleate keratin are present in part of the field.",
+        "Keratin lamellae, free of nuclei, occupy part of the field.",
+        "Part of the field is taken up by compact, anucleate keratin.",
+    ),
+    "collagen": (
+        "Bundles of collagen fibres run through the tissue.",
+        "Collagen bundles are seen between the cells.",
+        "Wavy collagen fibres form part of the tissue.",
+    ),
+    "ink": (
+        "Tissue-marking ink is present in the field.",
+        "Traces of tissue-marking ink are seen, a handling artefact.",
+        "Some marking ink lies on the tissue.",
     ),
 }
 _LUMEN_SENTENCE = {
     "absent": (
         "No clear spaces are seen within the tissue, which appears solid throughout the field.",
         "The tissue is solid, without clear spaces, and fills the field without gaps.",
+        "There are no white spaces in the tissue, which is solid throughout.",
     ),
     "focal": (
-        "A few small clear spaces, such as lumina or fat, are present, but tissue occupies "
-        "most of the field.",
-        "Occasional clear spaces are present, possibly lumina or fat, while the rest of the "
-        "field is filled by tissue.",
+        "A few clear spaces are present, but tissue occupies most of the field.",
+        "Occasional clear spaces are present, while the rest of the field is filled by tissue.",
+        "A few white spaces interrupt the tissue here and there.",
     ),
     "prominent": (
-        "Large clear spaces, which may be lumina, fat or empty background, take up much of "
-        "the field.",
-        "Prominent clear spaces, such as lumina, fat or background, occupy a substantial part "
-        "of the field.",
+        "Prominent clear spaces take up much of the field between the pieces of tissue.",
+        "Extensive white spaces occupy a substantial part of the field around the tissue.",
+        "Conspicuous open spaces separate the pieces of tissue.",
     ),
 }
 _INFLAMMATION_SENTENCE = (
     "Numerous compact, round, darkly stained nuclei suggest a possible lymphocytic infiltrate.",
     "Clusters of round, darkly stained nuclei raise the possibility of an inflammatory infiltrate.",
+    "Round, darkly stained nuclei gathered in groups hint at a possible inflammatory infiltrate.",
 )
 _NO_INFLAMMATION_SENTENCE = (
     "No dense infiltrate of lymphocyte-like nuclei is seen.",
@@ -504,14 +586,34 @@ _CELLULAR_ADJECTIVE = {
     "low": "sparsely cellular",
     "unknown": "H&E-stained",  # no scale, no cellularity claim
 }
+_CELLULAR_ADJECTIVES = {
+    "high": ("densely cellular", "highly cellular", "hypercellular", "markedly cellular"),
+    "moderate": ("moderately cellular",),
+    "low": ("sparsely cellular", "hypocellular", "paucicellular", "poorly cellular"),
+}
 _STROMA_PHRASE = {
     "abundant": "abundant eosinophilic stroma",
     "moderate": "a moderate amount of eosinophilic stroma",
     "scant": "scant eosinophilic stroma",
 }
+_STROMA_PHRASES = {
+    "abundant": ("abundant eosinophilic stroma", "abundant stroma", "extensive stroma",
+                 "plentiful eosinophilic stroma", "copious stroma"),
+    "moderate": ("a moderate amount of eosinophilic stroma", "a moderate amount of stroma",
+                 "moderate amounts of stroma", "moderate stroma"),
+    "scant": ("scant eosinophilic stroma", "scant stroma", "little stroma", "minimal stroma",
+              "sparse stroma", "scanty stroma"),
+}
+_FINDING_PHRASES = {
+    "keratin": ("keratin", "anucleate keratin", "keratin lamellae", "compact keratin"),
+    "collagen": ("collagen bundles", "collagen fibres", "bundles of collagen", "wavy collagen"),
+    "ink": ("tissue-marking ink", "marking ink", "traces of marking ink"),
+}
 _CLOSING = (
     "Overall, the field shows {cellular} tissue{nuclei} with {stroma}.",
     "In summary, this is {cellular} tissue{nuclei} with {stroma}.",
+    "Taken together, the picture is of {cellular} tissue{nuclei} and {stroma}.",
+    "The overall impression is {cellular} tissue{nuclei} with {stroma}.",
 )
 _PLEOMORPHIC = {"mild": "mildly", "moderate": "moderately", "marked": "markedly"}
 _SPACES_PHRASE = {
@@ -519,10 +621,54 @@ _SPACES_PHRASE = {
     "focal": "a few clear spaces",
     "prominent": "prominent clear spaces",
 }
+_SPACES_PHRASES = {
+    "absent": ("no clear spaces", "no white spaces", "no open spaces"),
+    "focal": ("a few clear spaces", "occasional clear spaces", "scattered white spaces",
+              "focal clear areas", "some open spaces"),
+    "prominent": ("prominent clear spaces", "extensive white spaces", "conspicuous clear areas",
+                  "numerous open spaces", "wide empty spaces"),
+}
 _INFLAMMATION_PHRASE = {
     "none": "no inflammatory infiltrate",
     "possible": "a possible lymphocytic infiltrate",
 }
+_INFLAMMATION_PHRASES = {
+    "none": ("no inflammatory infiltrate",),
+    "possible": ("a possible lymphocytic infiltrate", "a possible inflammatory infiltrate",
+                 "a possible immune cell infiltrate"),
+}
+
+# Site-aware phrasing: TCGA codes of the prompt library and plain organ names, each with
+# the nouns the lexicon's ``sites`` category knows (so the quality checks can judge them).
+_SITES: dict[str, tuple[str, str]] = {  # key -> (organ noun, adjective)
+    "luad": ("lung", "pulmonary"), "lusc": ("lung", "pulmonary"), "lung": ("lung", "pulmonary"),
+    "brca": ("breast", "mammary"), "breast": ("breast", "mammary"),
+    "coad": ("colon", "colonic"), "read": ("colon", "colonic"), "colon": ("colon", "colonic"),
+    "prad": ("prostate", "prostatic"), "prostate": ("prostate", "prostatic"),
+    "kirc": ("kidney", "renal"), "kidney": ("kidney", "renal"),
+    "skcm": ("skin", "cutaneous"), "skin": ("skin", "cutaneous"),
+    "lihc": ("liver", "hepatic"), "liver": ("liver", "hepatic"),
+    "thca": ("thyroid", "thyroid"), "thyroid": ("thyroid", "thyroid"),
+    "gbm": ("brain", "cerebral"), "brain": ("brain", "cerebral"),
+    "stad": ("stomach", "gastric"), "stomach": ("stomach", "gastric"),
+    "blca": ("bladder", "bladder"), "bladder": ("bladder", "bladder"),
+}
+_SITE_FORMS = ("{noun} tissue", "{adjective} tissue", "tissue from the {noun}")
+
+# Sentence plans of a description: the order of its slots after the opening. Cells always
+# come before the stroma (PathGen's teacher prompt: cell morphology first); what follows
+# them, and whether a closing impression ends the text, varies with the seed.
+# Only validated findings are ever worded: the registry (findings.VALIDATED) is the gate.
+_FINDING_SLOTS = tuple(n for n in ("keratin", "collagen", "ink") if n in findings.VALIDATED)
+_SLOTS = ("cellularity", "nuclei", "stroma", *_FINDING_SLOTS, "lumen", "inflammation")
+_PLANS = (
+    ("cellularity", "nuclei", "stroma", *_FINDING_SLOTS, "lumen", "inflammation", "closing"),
+    ("cellularity", "nuclei", *_FINDING_SLOTS, "stroma", "inflammation", "lumen", "closing"),
+    ("cellularity", "nuclei", "inflammation", "stroma", *_FINDING_SLOTS, "lumen"),
+    ("cellularity", *_FINDING_SLOTS, "nuclei", "stroma", "lumen", "inflammation", "closing"),
+    ("cellularity", "inflammation", "nuclei", "stroma", "lumen", *_FINDING_SLOTS),
+    ("cellularity", "nuclei", "stroma", "lumen", "inflammation", *_FINDING_SLOTS, "closing"),
+)
 
 
 def _pick(options: Sequence[str], seed: str, slot: str) -> str:
@@ -531,14 +677,45 @@ def _pick(options: Sequence[str], seed: str, slot: str) -> str:
     return options[int.from_bytes(digest[:8], "big") % len(options)]
 
 
-def _site_phrase(tissue_site: str | None) -> str:
-    """'lung tissue' for 'Lung', 'tissue' when the site is unknown."""
+def _known_site(tissue_site: str | None) -> tuple[str, str] | None:
+    return _SITES.get((tissue_site or "").strip().lower().removeprefix("tcga-"))
+
+
+def _site_phrase(tissue_site: str | None, seed: str | None = None) -> str:
+    """'lung tissue' / 'pulmonary tissue' for a known site, 'tissue' when the site is unknown."""
+    known = _known_site(tissue_site)
+    if known is not None:
+        form = _pick(_SITE_FORMS, seed, "site") if seed is not None else _SITE_FORMS[0]
+        return form.format(noun=known[0], adjective=known[1])
     site = (tissue_site or "").strip()
-    if not site:
+    if not site or site.lower() == "generic":
         return "tissue"
     if site[:1].isupper() and not site[1:2].isupper():  # "Lung" -> "lung", keep "TCGA"
         site = site[0].lower() + site[1:]
     return site if site.endswith("tissue") else f"{site} tissue"
+
+
+def _site_in(description: str) -> str | None:
+    """The site a description names (its organ noun or adjective), or None."""
+    for key, (noun, adjective) in _SITES.items():
+        if re.search(rf"\b(?:{noun}|{adjective})\b", description, re.IGNORECASE):
+            return key
+    return None
+
+
+# Stroma is "scant" by the eosin share of the tissue, but a tile that is part epidermis and
+# part dermis can show plain collagen while eosin stays under the cut (seen on CMU tiles
+# next to their captions, issue 10). Where the collagen detector measures at least this
+# share, "scant stroma" is not written (nothing is said of the amount instead).
+SCANT_STROMA_MAX_COLLAGEN = 0.15
+
+
+def _stroma_sayable(facts: MorphologyFacts) -> bool:
+    """Whether the stroma band may be worded: tissue, and no "scant" where collagen shows."""
+    collagen = facts.collagen_fraction
+    return _has_tissue(facts) and not (
+        facts.stroma == "scant" and math.isfinite(collagen) and collagen >= SCANT_STROMA_MAX_COLLAGEN
+    )
 
 
 def _slot_sentences(
@@ -546,18 +723,23 @@ def _slot_sentences(
 ) -> list[str]:
     """The sentence(s) one slot of a description says about ``facts`` (may be none).
 
-    A description leaves an absent infiltrate unsaid; a correction of a draft that
-    claimed one (``correcting``) says it is absent.
+    A description leaves an absent infiltrate or finding unsaid; a correction of a draft
+    that claimed an infiltrate (``correcting``) says it is absent.
     """
     if slot == "cellularity" and _has_scaled_tissue(facts):
         return [_pick(_CELLULARITY[facts.cellularity], seed, slot)]
     if slot == "nuclei" and _has_nuclei(facts) and _has_tissue(facts):
         template = _pick(_NUCLEI_SENTENCE, seed, slot)
-        size = _SIZE[facts.nuclear_size]
+        size = _pick(_SIZES[facts.nuclear_size], seed, "size")
         pleomorphism = _pick(_PLEOMORPHISM[facts.pleomorphism], seed, "pleomorphism")
         return [template.format(size=size, Size=size.capitalize(), pleomorphism=pleomorphism)]
-    if slot == "stroma" and _has_tissue(facts):
+    if slot == "stroma" and _stroma_sayable(facts):
         return [_pick(_STROMA_SENTENCE[facts.stroma], seed, slot)]
+    if slot in _FINDING_SLOTS:
+        rule = RULES_BY_CLAIM.get(slot)
+        if rule and rule.assessable(facts) and _label(facts, slot) == findings.PRESENT:
+            return [_pick(_FINDING_SENTENCE[slot], seed, slot)]
+        return []
     if slot == "lumen":
         return [_pick(_LUMEN_SENTENCE[facts.lumen_or_fat], seed, slot)]
     if slot == "inflammation" and _has_tissue(facts):
@@ -568,7 +750,7 @@ def _slot_sentences(
     return []
 
 
-# Which description slot words each band, in the order a description runs.
+# Which description slot words each band or finding.
 _SLOT_OF_CLAIM = {
     "cellularity": "cellularity",
     "nuclear_size": "nuclei",
@@ -576,24 +758,26 @@ _SLOT_OF_CLAIM = {
     "stroma": "stroma",
     "lumen_or_fat": "lumen",
     "inflammation_hint": "inflammation",
+    **{name: name for name in _FINDING_SLOTS},
 }
-_SLOTS = ("cellularity", "nuclei", "stroma", "lumen", "inflammation")
 
 
 def describe(facts: MorphologyFacts, *, tissue_site: str | None, seed: str) -> str:
     """A PathGen-style detailed description of one patch, worded from its measured facts.
 
-    Cells and tissue come first (cellularity, nuclear size and pleomorphism), then stroma,
-    clear spaces and a possible infiltrate, then a one-line overall impression; about
-    80-130 words for a patch of tissue, fewer for a nearly empty one. Only measured
-    bands are stated; nuclear detail is left out when too few nuclei were found.
+    Cells and tissue come first (cellularity, nuclear size and pleomorphism), then, in an
+    order the seed picks from :data:`_PLANS`, stroma, validated findings (keratin,
+    collagen, marking ink), clear spaces and a possible infiltrate, often ending with a
+    one-line overall impression; about 80-150 words for a patch of tissue, fewer for a
+    nearly empty one. Only measured bands and validated findings are stated; nuclear
+    detail is left out when too few nuclei were found.
 
     Args:
         facts: the patch's measured morphology.
-        tissue_site: organ or project of the slide ("lung"), or None when unknown.
+        tissue_site: organ or TCGA study of the slide ("lung", "LUAD"), or None when unknown.
         seed: picks the wording (use the patch id): the same seed gives the same text.
     """
-    site = _site_phrase(tissue_site)
+    site = _site_phrase(tissue_site, seed)
     if not _has_tissue(facts):
         return " ".join(
             [
@@ -605,19 +789,27 @@ def describe(facts: MorphologyFacts, *, tissue_site: str | None, seed: str) -> s
     opening = _pick(_OPENING, seed, "opening").format(
         site=site, coverage=_pick(coverage, seed, "coverage")
     )
-    body = [s for slot in _SLOTS for s in _slot_sentences(slot, facts, seed)]
+    sentences = [opening]
+    for slot in _pick(_PLANS, seed, "plan"):
+        if slot == "closing" and _stroma_sayable(facts):
+            sentences.append(_closing(facts, seed))
+        else:
+            sentences += _slot_sentences(slot, facts, seed)
+    return " ".join(sentences)
+
+
+def _closing(facts: MorphologyFacts, seed: str) -> str:
     nuclei = (
-        f" containing {_SIZE[facts.nuclear_size]}, {_PLEOMORPHIC[facts.pleomorphism]} "
-        "pleomorphic nuclei"
+        f" containing {_pick(_SIZES[facts.nuclear_size], seed, 'size')}, "
+        f"{_PLEOMORPHIC[facts.pleomorphism]} pleomorphic nuclei"
         if _has_nuclei(facts)
         else ""
     )
-    closing = _pick(_CLOSING, seed, "closing").format(
+    return _pick(_CLOSING, seed, "closing").format(
         cellular=_CELLULAR_ADJECTIVE[facts.cellularity],
         nuclei=nuclei,
-        stroma=_STROMA_PHRASE[facts.stroma],
+        stroma=_pick(_STROMA_PHRASES[facts.stroma], seed, "closing-stroma"),
     )
-    return " ".join([opening, *body, closing])
 
 
 def revise(draft: str, facts: MorphologyFacts, *, seed: str) -> tuple[str, list[dict[str, str]]]:
@@ -668,7 +860,7 @@ def revise(draft: str, facts: MorphologyFacts, *, seed: str) -> tuple[str, list[
             edits.append(_edit("delete", sentence, "", reason))
     mentioned = {c.claim for c in read_claims(" ".join(kept))}
     for rule in CLAIM_RULES:
-        label = getattr(facts, rule.claim)
+        label = _label(facts, rule.claim)
         if rule.claim in mentioned or label not in rule.salient or not rule.assessable(facts):
             continue
         added = [
@@ -713,82 +905,156 @@ def summarize(
     max_words: int = 40,
     tissue_site: str | None = None,
 ) -> str:
-    """A one-sentence CLIP caption of ``description``, inside CLIP's 77-token window.
+    """A CLIP caption of ``description``, inside CLIP's 77-token window.
 
-    The caption restates only claims that the description makes and the facts support,
-    most important first (cellularity, nuclei, stroma, infiltrate, clear spaces); the
-    least important are dropped until it has at most ``max_words`` words and fits 77 CLIP
-    tokens. The site is named only if ``tissue_site`` is given and the description
-    names it too.
+    The caption restates only claims that the description makes and the facts support.
+    Its frame (:data:`_FRAMES`), the order of its phrases and their wording vary with the
+    seed; when it is too long, the least important phrases are dropped first (clear
+    spaces, then the infiltrate, findings, stroma and nuclei) until it has at most
+    ``max_words`` words and fits 77 CLIP tokens. The site is named only when the
+    description names it (and, if ``tissue_site`` is given, only that site).
 
     Args:
         description: the (revised) description to condense.
         facts: the patch's measured morphology.
         seed: picks the wording.
         max_words: word budget (PathGen's captions averaged ~50 words and overflowed CLIP).
-        tissue_site: the slide's site, used only when the description mentions it.
+        tissue_site: the slide's site; when None, the site the description names is used.
     """
+    lexicon = get_lexicon()
+
+    def choose(options: dict[str, Sequence[str]], label: str | None, slot: str) -> str | None:
+        # Only wordings whose findings the description names too (the caption-quality
+        # gate's lexicon rule): "hypocellular" needs a hypocellular synonym there.
+        if label not in options:
+            return None
+        fitting = [o for o in options[label] if not lexicon.unsupported_claims(o, description)]
+        return _pick(fitting, seed, slot) if fitting else None
+
     said: dict[str, str] = {}
     for claim in read_claims(description):
-        label = getattr(facts, claim.claim, None)
+        label = _label(facts, claim.claim) if claim.claim in RULES_BY_CLAIM else None
         if claim.claim not in said and label in claim.labels and _verdict(claim, facts) is None:
             said[claim.claim] = label
-    mention_site = bool(tissue_site and tissue_site.strip().lower() in description.lower())
-    site = _site_phrase(tissue_site if mention_site else None)
+    if tissue_site is None:
+        site_key = _site_in(description)
+    else:
+        site_key = tissue_site if _mentions_site(description, tissue_site) else None
+    site = _site_phrase(site_key, seed)
     empty = not _has_tissue(facts) and bool(re.search(r"\bempty\b", description, re.I))
-    if "cellularity" in said:
-        subject = f"{_CELLULAR_ADJECTIVE[said['cellularity']]} {site}".capitalize()
+    cellular = choose(_CELLULAR_ADJECTIVES, said.get("cellularity"), "cellular")
+    if cellular:
+        subject = f"{cellular} {site}"
     elif empty:
-        subject = f"Nearly empty field with little {site}"
-    elif "H&E" in description:
+        subject = f"nearly empty field with little {site}"
+    elif re.search(r"H&E|haematoxylin and eosin", description, re.I):
         subject = f"H&E-stained {site}"
     else:
-        subject = site.capitalize()
-    parts = [
-        phrase
-        for phrase in (
-            _nuclei_phrase(said, seed),
-            _STROMA_PHRASE.get(said.get("stroma", "")),
-            _INFLAMMATION_PHRASE.get(said.get("inflammation_hint", "")),
-            _SPACES_PHRASE.get(said.get("lumen_or_fat", "")),
+        subject = site
+    items = [  # (importance: higher is kept longer, phrase), in the order the seed picks
+        (priority, phrase)
+        for priority, phrase in (
+            (5, _nuclei_phrase(said, seed, choose)),
+            *((2, choose(_FINDING_PHRASES, n, f"c-{n}")) for n in _FINDING_SLOTS if n in said),
+            (4, choose(_STROMA_PHRASES, said.get("stroma"), "c-stroma")),
+            (3, choose(_INFLAMMATION_PHRASES, said.get("inflammation_hint"), "c-infl")),
         )
         if phrase
     ]
+    items = _ordered(items, seed)
+    spaces = choose(_SPACES_PHRASES, said.get("lumen_or_fat"), "c-spaces")
+    if spaces:  # always last: its qualifiers must not reach a later noun
+        items.append((1, spaces))
+    frames = [f for f in _FRAMES if not lexicon.unsupported_claims(f, description)]
     tokenizer = get_tokenizer()
     while True:
-        caption = _caption(subject, parts, seed, joined=empty)
-        if (len(caption.split()) <= max_words and tokenizer.fits(caption)) or not parts:
+        caption = _caption(subject, [phrase for _, phrase in items], seed, frames, joined=empty)
+        if (len(caption.split()) <= max_words and tokenizer.fits(caption)) or not items:
             return caption
-        parts = parts[:-1]
+        items.remove(min(items, key=lambda item: item[0]))
 
 
-def _nuclei_phrase(said: dict[str, str], seed: str) -> str | None:
+def _mentions_site(description: str, tissue_site: str) -> bool:
+    known = _known_site(tissue_site)
+    words = known if known else (tissue_site.strip(),)
+    return any(re.search(rf"\b{re.escape(w)}\b", description, re.I) for w in words if w)
+
+
+# Caption orders: which phrase leads (indices into the importance-sorted phrases).
+_ORDERS = ((0, 1, 2), (1, 0, 2), (0, 2, 1), (2, 0, 1), (1, 2, 0))
+
+
+def _ordered(items: list[tuple[int, str]], seed: str) -> list[tuple[int, str]]:
+    """The phrases in the seed's order: the three most important lead in one of
+    :data:`_ORDERS`, the rest follow by importance."""
+    ranked = sorted(items, key=lambda item: -item[0])
+    head, tail = ranked[:3], ranked[3:]
+    return [head[i] for i in _pick(_ORDERS, seed, "c-order") if i < len(head)] + tail
+
+
+def _nuclei_phrase(said: dict[str, str], seed: str, choose: Callable) -> str | None:
     size, pleomorphism = said.get("nuclear_size"), said.get("pleomorphism")
-    if size and pleomorphism:
-        variation = _pick(_PLEOMORPHISM[pleomorphism], seed, "pleomorphism")
-        return f"{_SIZE[size]} nuclei showing {variation}"
-    if size:
-        return f"{_SIZE[size]} nuclei"
+    size_word = choose(_SIZES, size, "c-size")
     if pleomorphism:
-        return f"nuclei showing {_pick(_PLEOMORPHISM[pleomorphism], seed, 'pleomorphism')}"
-    return None
+        options = {
+            "with": [f"nuclei with {v}" for v in _PLEOMORPHISM[pleomorphism]],
+            "adverb": [f"{_PLEOMORPHIC[pleomorphism]} pleomorphic nuclei"],
+        }
+        form = _pick(("with", "adverb"), seed, "c-nuclei")
+        nuclei = choose(options, form, "pleomorphism") or choose(options, "with", "pleomorphism")
+        if nuclei and size_word:
+            return nuclei.replace("nuclei", f"{size_word} nuclei", 1) if form == "adverb" else (
+                f"{size_word} {nuclei}"
+            )
+        if nuclei:
+            return nuclei
+    return f"{size_word} nuclei" if size_word else None
 
 
-def _caption(subject: str, parts: list[str], seed: str, *, joined: bool = False) -> str:
+# Caption frames: {subject} is e.g. "densely cellular skin tissue", {listed} the phrases.
+_FRAMES = (
+    "{Subject} with {listed}.",
+    "{Subject} containing {listed}.",
+    "{Subject} showing {listed}.",
+    "{Subject}: {listed}.",
+    "{Subject}, with {listed}.",
+    "{Subject} displaying {listed}.",
+    "{Subject} featuring {listed}.",
+    "H&E image of {subject} with {listed}.",
+    "Photomicrograph of {subject} showing {listed}.",
+    "{Listed} in {subject}.",
+    "{Subject}. It shows {listed}.",
+    "Section of {subject} that contains {listed}.",
+)
+
+
+def _caption(
+    subject: str, parts: list[str], seed: str, frames: Sequence[str], *, joined: bool = False
+) -> str:
     if not parts:
-        return f"{subject}."
+        return f"{subject[0].upper()}{subject[1:]}."
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     if joined:  # "Nearly empty field with little tissue and prominent clear spaces."
-        return f"{subject} and {listed}."
-    opener = _pick(("{subject} with {listed}.", "{subject} containing {listed}."), seed, "caption")
-    return opener.format(subject=subject, listed=listed)
+        return f"{subject[0].upper()}{subject[1:]} and {listed}."
+    frame = _pick(frames or _FRAMES[:1], seed, "caption")
+    if "with {listed}" in frame:  # not "with large nuclei with marked pleomorphism"
+        listed = listed.replace(" nuclei with ", " nuclei showing ", 1)
+    if "H&E" in frame or "Photomicrograph" in frame:
+        subject = subject.removeprefix("H&E-stained ")
+    return frame.format(
+        subject=subject,
+        Subject=f"{subject[0].upper()}{subject[1:]}",
+        listed=listed,
+        Listed=f"{listed[0].upper()}{listed[1:]}",
+    )
 
 
 def facts_sentence(facts: MorphologyFacts, tissue_site: str | None = None) -> str:
     """One plain sentence of the measured morphology, the same for the same facts.
 
     Used as the text side of retrieval and of image-text alignment in the weight-free
-    default mode. States every band the facts can assess, in a fixed order.
+    default mode. States every band the facts can assess and every validated finding
+    present, in a fixed order.
     """
     site = _site_phrase(tissue_site)
     if not _has_tissue(facts):
@@ -798,7 +1064,12 @@ def facts_sentence(facts: MorphologyFacts, tissue_site: str | None = None) -> st
         parts.append(f"{_SIZE[facts.nuclear_size]} nuclei with {facts.pleomorphism} pleomorphism")
     parts += [
         _STROMA_PHRASE[facts.stroma],
-        _SPACES_PHRASE[facts.lumen_or_fat],
+        *(
+            _FINDING_PHRASES[name][0]
+            for name in _FINDING_SLOTS
+            if RULES_BY_CLAIM[name].assessable(facts) and _label(facts, name) == findings.PRESENT
+        ),
         *([_INFLAMMATION_PHRASE[facts.inflammation_hint]] if facts.scale_known else []),
+        _SPACES_PHRASE[facts.lumen_or_fat],
     ]
     return f"H&E {site} with {', '.join(parts[:-1])} and {parts[-1]}."

@@ -6,6 +6,12 @@ amount, tissue type (the protocol is the folder's README). This module measures 
 crops, scores every measure against the labels, and fits band edges on the even rows
 (checked on the odd rows) so that bands come from labels, not from two images.
 
+42 larger "field" crops (256 px) are labelled for findings (keratin, collagen, ink, red
+blood cells, lumina, spindle cells, lymphocyte clusters, squamous epithelium, adipose):
+:func:`findings_report` gives each detector of ``lib/selection/findings.py`` its
+threshold (fitted on the even field rows), precision and recall, and whether it passes
+the validation bar that decides if the verbaliser may write its word.
+
     .venv/bin/python -m pathgen_dagster.lib.quality.calibration     # prints the report
 """
 
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pathgen_dagster.lib.selection import findings
 from pathgen_dagster.lib.selection.morphology import MorphologyFacts, measure
 
 FOLDER = Path(__file__).resolve().parents[3] / "tests" / "data" / "calibration"
@@ -38,27 +45,42 @@ class Crop:
     cellularity: str
     stroma: str
     tissue: str
+    findings: dict[str, bool]  # per finding column of labels.csv; empty when not labelled
+
+
+def _rows(folder: Path) -> list[tuple[dict[str, str], dict[str, str]]]:
+    with open(folder / "crops.csv", newline="") as handle:
+        crops = {row["crop"].removesuffix(".png"): row for row in csv.DictReader(handle)}
+    with open(folder / "labels.csv", newline="") as handle:
+        return [(row, crops[row["crop"]]) for row in csv.DictReader(handle)]
+
+
+def _crop(folder: Path, row: dict[str, str], where: dict[str, str]) -> Crop:
+    columns = {d.label_column for d in findings.DETECTORS}
+    return Crop(
+        name=row["crop"],
+        source=where["source"],
+        mpp=float(where["mpp"]),
+        rgb=np.asarray(Image.open(folder / "crops" / f"{row['crop']}.png").convert("RGB")),
+        nuclei_count=int(row["nuclei_count"]) if row["nuclei_count"] else -1,
+        cellularity=row["cellularity"],
+        stroma=row["stroma"],
+        tissue=row["tissue"],
+        findings={c: row[c] == "1" for c in columns if row.get(c)},
+    )
 
 
 @cache
 def load(folder: Path = FOLDER) -> tuple[Crop, ...]:
-    """The labelled crops, in the order of labels.csv."""
-    with open(folder / "crops.csv", newline="") as handle:
-        crops = {row["crop"].removesuffix(".png"): row for row in csv.DictReader(handle)}
-    with open(folder / "labels.csv", newline="") as handle:
-        labels = list(csv.DictReader(handle))
+    """The crops labelled for nuclei, cellularity and stroma (96 px), in labels.csv order."""
+    return tuple(_crop(folder, row, where) for row, where in _rows(folder) if row["nuclei_count"])
+
+
+@cache
+def load_fields(folder: Path = FOLDER) -> tuple[Crop, ...]:
+    """The crops labelled for findings (256 px fields), in labels.csv order."""
     return tuple(
-        Crop(
-            name=row["crop"],
-            source=crops[row["crop"]]["source"],
-            mpp=float(crops[row["crop"]]["mpp"]),
-            rgb=np.asarray(Image.open(folder / "crops" / f"{row['crop']}.png").convert("RGB")),
-            nuclei_count=int(row["nuclei_count"]),
-            cellularity=row["cellularity"],
-            stroma=row["stroma"],
-            tissue=row["tissue"],
-        )
-        for row in labels
+        _crop(folder, row, where) for row, where in _rows(folder) if row.get("ink", "") != ""
     )
 
 
@@ -66,6 +88,72 @@ def load(folder: Path = FOLDER) -> tuple[Crop, ...]:
 def measured(folder: Path = FOLDER) -> tuple[MorphologyFacts, ...]:
     """The morphology encoder's facts of every crop (both detectors), at each crop's mpp."""
     return tuple(measure(c.rgb[None], c.mpp)[0][0] for c in load(folder))
+
+
+@cache
+def measured_fields(folder: Path = FOLDER) -> tuple[MorphologyFacts, ...]:
+    """The morphology encoder's facts of every field crop."""
+    return tuple(measure(c.rgb[None], c.mpp)[0][0] for c in load_fields(folder))
+
+
+def fit_threshold(values: Sequence[float], truth: Sequence[bool], *, beta: float = 0.5) -> float:
+    """The cut (midpoint between measured values) with the best F-beta; beta < 1 favours precision."""
+    values, truth = np.asarray(values, dtype=float), np.asarray(truth, dtype=bool)
+    candidates = np.unique(values)
+    cuts = (candidates[:-1] + candidates[1:]) / 2 if len(candidates) > 1 else candidates
+    best, best_cut = -1.0, float(cuts[-1])
+    for cut in cuts:
+        predicted = values >= cut
+        tp = int((predicted & truth).sum())
+        precision = tp / max(int(predicted.sum()), 1)
+        recall = tp / max(int(truth.sum()), 1)
+        score = (1 + beta**2) * precision * recall / max(beta**2 * precision + recall, 1e-12)
+        if score > best:
+            best, best_cut = score, float(cut)
+    return best_cut
+
+
+def _precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    tp = int((predicted & truth).sum())
+    return tp / max(int(predicted.sum()), 1), tp / max(int(truth.sum()), 1)
+
+
+def findings_report(folder: Path = FOLDER) -> dict[str, dict[str, float | bool | int]]:
+    """Per finding detector: positives, fitted and shipped threshold, precision, recall, passed.
+
+    The threshold is fitted on the even field rows (F0.5: precision weighs more); precision
+    and recall are reported on all field rows at the SHIPPED threshold and on the odd rows
+    (``*_holdout``). A detector passes when it meets :data:`findings.VALIDATION_BAR` on all
+    rows; a finding without a detector, or without enough positives, never passes.
+    """
+    crops, facts = load_fields(folder), measured_fields(folder)
+    bar = findings.VALIDATION_BAR
+    out: dict[str, dict[str, float | bool | int]] = {}
+    for detector in findings.DETECTORS:
+        truth = np.array([c.findings[detector.label_column] for c in crops])
+        entry: dict[str, float | bool | int] = {"positives": int(truth.sum()), "crops": len(truth)}
+        if detector.measure is None:
+            out[detector.name] = {**entry, "passed": False}
+            continue
+        values = np.array([getattr(f, detector.measure) for f in facts], dtype=float)
+        fitted = fit_threshold(values[::2], truth[::2])
+        precision, recall = _precision_recall(values >= detector.threshold, truth)
+        held_p, held_r = _precision_recall(values[1::2] >= detector.threshold, truth[1::2])
+        out[detector.name] = {
+            **entry,
+            "threshold_fitted": fitted,
+            "threshold_shipped": detector.threshold,
+            "precision": precision,
+            "recall": recall,
+            "precision_holdout": held_p,
+            "recall_holdout": held_r,
+            "passed": bool(
+                entry["positives"] >= bar.min_positives
+                and precision >= bar.min_precision
+                and recall >= bar.min_recall
+            ),
+        }
+    return out
 
 
 def fit_edges(values: Sequence[float], labels: Sequence[str], order: Sequence[str]) -> tuple[float, float]:
@@ -129,3 +217,9 @@ def report(folder: Path = FOLDER) -> dict[str, float]:
 if __name__ == "__main__":
     for key, value in report().items():
         print(f"{key:40s} {value}")
+    print(f"\nfindings (bar: {findings.VALIDATION_BAR})")
+    for name, entry in findings_report().items():
+        figures = "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()
+        )
+        print(f"  {name:20s} {figures}")

@@ -9,6 +9,9 @@ tiles :class:`MorphologyEncoder` returns
   names, plus categorical bands (``cellularity``, ``nuclear_size`` ...) read from the one
   band table :data:`BANDS`. The grounded caption backend (``lib/verbalize.py``) writes
   text from these facts and the quality stage checks captions against them.
+* the numbers of the finding detectors (``lib/selection/findings.py``: keratin, collagen,
+  marking ink, red cells, lumina, elongated nuclei), which reuse the LoG nuclei; only
+  findings validated on labelled crops are ever worded;
 * an embedding: the measurements listed in :data:`DESCRIPTOR_COMPONENTS`, standardised
   with fixed reference statistics, weighted and L2-normalised, so that cosine similarity
   compares tiles across slides and batches.
@@ -63,7 +66,7 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 
-from pathgen_dagster.lib.selection import nuclei
+from pathgen_dagster.lib.selection import findings, nuclei
 
 # Ruifrok & Johnston (2001) stain vectors, rows H, E, DAB in RGB optical density, exactly as
 # skimage.color.rgb_from_hed; deconvolution multiplies OD row vectors by the inverse.
@@ -254,6 +257,14 @@ class MorphologyFacts:
     # for a slide that records none) or "unknown" (no scale: physical measures are NaN,
     # their bands "unknown", and no text may say anything that depends on scale).
     mpp_source: str = "slide"
+    # Finding detectors (lib/selection/findings.py); NaN: measured by an encoder before
+    # them, so the findings are unknown and never worded.
+    keratin_fraction: float = math.nan  # dark tissue away from nuclei: keratin
+    collagen_fraction: float = math.nan  # pink, haematoxylin-poor tissue away from nuclei
+    ink_fraction: float = math.nan  # tissue-marking ink (green exceeds red)
+    red_cell_fraction: float = math.nan  # saturated red: red blood cells
+    enclosed_lumina: float = math.nan  # round white holes enclosed by tissue
+    elongated_nuclei_fraction: float = math.nan  # share of LoG nuclei that are elongated
 
     def to_dict(self) -> dict[str, Any]:
         """The facts as a plain dict of floats, ints and strings (JSON- and Arrow-ready)."""
@@ -263,7 +274,9 @@ class MorphologyFacts:
     def from_dict(cls, values: dict[str, Any]) -> MorphologyFacts:
         """Facts rebuilt from :meth:`to_dict` output; unknown keys are ignored."""
         cast = {"float": float, "int": int, "str": str}
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "mpp_source"]
+        missing = [
+            f.name for f in fields(cls) if f.name not in values and f.name not in _OPTIONAL_FACTS
+        ]
         if missing:
             raise KeyError(
                 f"facts lack {missing}: they were measured by an older morphology encoder; "
@@ -286,6 +299,9 @@ class MorphologyFacts:
         """True when enough nuclei were found to speak of their size and pleomorphism."""
         return self.scale_known and self.nuclei_count >= NUCLEAR_DETAIL_MIN_COUNT
 
+
+# Facts an older encoder did not record: their defaults say "not measured".
+_OPTIONAL_FACTS = frozenset({"mpp_source", *findings.MEASURES})
 
 MEASUREMENT_NAMES: tuple[str, ...] = tuple(
     f.name for f in fields(MorphologyFacts) if f.name not in BANDS and f.name != "mpp_source"
@@ -460,11 +476,18 @@ def _facts(measurements: dict[str, float]) -> MorphologyFacts:
 
 
 def _with_log_nuclei(measurements: dict[str, float], tile: np.ndarray, mpp: float) -> dict[str, float]:
-    """``measurements`` plus the LoG detector's nuclei count and density per mm2 of tissue."""
-    found = nuclei.count(tile, mpp)
+    """``measurements`` plus the LoG detector's nuclei (count, density per mm2 of tissue)
+    and the finding detectors, which reuse those nuclei."""
+    detections = nuclei.detect(tile, mpp)
+    found = len(detections)
     tissue_mm2 = measurements["tissue_fraction"] * tile.shape[0] * tile.shape[1] * mpp**2 / 1e6
     density = found / tissue_mm2 if tissue_mm2 > 0 else 0.0
-    return {**measurements, "nuclei_count_log": found, "nuclei_density_log_per_mm2": density}
+    return {
+        **measurements,
+        "nuclei_count_log": found,
+        "nuclei_density_log_per_mm2": density,
+        **findings.measure(tile, mpp, detections),
+    }
 
 
 def _pool_factor(mpp: float, target_mpp: float) -> int:

@@ -65,7 +65,9 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> np.ndarray:
-    """(n, 3) float array of nuclei: row, column (pixels of ``rgb``) and radius in microns."""
+    """(n, 5) float array of nuclei: row, column (pixels of ``rgb``), radius in microns,
+    roundness (ratio of the Hessian eigenvalues at the nucleus's scale: 1 round, towards
+    ``min_roundness`` elongated) and smoothed haematoxylin OD at its centre."""
     if not mpp > 0:
         raise ValueError(f"mpp must be positive microns per pixel, got {mpp}")
     factor = max(1, round(settings.grid_um / mpp))
@@ -88,6 +90,7 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
     )
     rows, cols = np.nonzero(peaks)
     keep = np.ones(len(rows), dtype=bool)
+    roundness = np.zeros(len(rows))
     if len(rows):
         sigmas = radii / math.sqrt(2) / grid_um
         for i, sigma in enumerate(sigmas):
@@ -100,15 +103,22 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
             root = np.sqrt(((hrr - hcc) / 2) ** 2 + hrc**2)
             mean = (hrr + hcc) / 2
             strong, weak = mean - root, mean + root  # both negative at a blob's centre
+            roundness[at] = np.where(strong < 0, weak / np.minimum(strong, -1e-12), 0.0)
             keep[at] = (strong < 0) & (weak <= -settings.min_roundness * np.abs(strong))
         colour = np.stack([_block_mean(rgb[..., c].astype(np.float64), factor) for c in range(3)], axis=-1)
         colour = ndi.gaussian_filter(colour, (sigmas[0], sigmas[0], 0))
         green_excess = (colour[rows, cols, 1] - colour[rows, cols, 0]) / 255.0
         keep &= green_excess <= settings.max_green_excess
-    rows, cols = rows[keep], cols[keep]
+    rows, cols, roundness = rows[keep], cols[keep], roundness[keep]
     return np.column_stack(
-        [(rows + 0.5) * factor - 0.5, (cols + 0.5) * factor - 0.5, radii[scale[rows, cols]]]
-    )
+        [
+            (rows + 0.5) * factor - 0.5,
+            (cols + 0.5) * factor - 0.5,
+            radii[scale[rows, cols]],
+            np.clip(roundness, 0.0, 1.0),
+            smoothed[rows, cols],
+        ]
+    ).reshape(-1, 5)
 
 
 def count(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> int:

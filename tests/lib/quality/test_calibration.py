@@ -24,6 +24,7 @@ def test_the_set_is_large_and_varied() -> None:
     crops = calibration.load()
     assert len(crops) >= 60
     assert {c.source for c in crops} == {"cmu", "target"}
+    assert len(calibration.load_fields()) >= 40
     tissues = Counter(c.tissue for c in crops)
     assert all(tissues[t] >= 4 for t in ("epidermis", "dermis", "carcinoma", "keratin"))
     assert set(Counter(c.cellularity for c in crops)) == set(calibration.CELLULARITY)
@@ -52,3 +53,18 @@ def test_the_shipped_edges_are_the_fitted_ones(report: dict) -> None:
         assert shipped == pytest.approx(fitted, rel=0.05)
     for shipped, fitted in zip(STROMA_EDGES, report["stroma_edges"], strict=True):
         assert shipped == pytest.approx(fitted, abs=0.01)
+
+
+def test_findings_detectors_meet_the_bar_exactly_where_the_registry_says() -> None:
+    from pathgen_dagster.lib.selection import findings
+
+    found = calibration.findings_report()
+    assert {name for name, entry in found.items() if entry["passed"]} == findings.VALIDATED
+    for name in findings.VALIDATED:
+        entry = found[name]
+        assert entry["positives"] >= findings.VALIDATION_BAR.min_positives
+        assert entry["precision"] >= findings.VALIDATION_BAR.min_precision
+        assert entry["recall"] >= findings.VALIDATION_BAR.min_recall
+    for entry in found.values():  # shipped thresholds are the fitted ones
+        if "threshold_fitted" in entry:
+            assert entry["threshold_shipped"] == pytest.approx(entry["threshold_fitted"], rel=0.05)
