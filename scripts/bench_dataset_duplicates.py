@@ -76,7 +76,8 @@ def _measure(kind: str, data: Path, rows: int, old_reference: int) -> dict:
             if j > i + start
         ]
         proposed = {tuple(p) for p in candidate_pairs(subset, THRESHOLD).tolist()}
-        result["recall_all_pairs_20k"] = round(float(np.mean([t in proposed for t in truth])), 4) if truth else 1.0
+        recall = float(np.mean([t in proposed for t in truth])) if truth else 1.0
+        result["recall_all_pairs_20k"] = round(recall, 4)
         result["true_pairs_20k"] = len(truth)
         return {"kind": kind, "rows": rows, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
                 "peak_rss_gib": round(peak, 2), **result}
@@ -102,7 +103,10 @@ def _measure(kind: str, data: Path, rows: int, old_reference: int) -> dict:
         result = {}
         wall, cpu = time.perf_counter() - started_wall, time.process_time() - started_cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
-    return {"kind": kind, "rows": rows, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "peak_rss_gib": round(peak, 2), **result}
+    return {
+        "kind": kind, "rows": rows, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
+        "peak_rss_gib": round(peak, 2), **result,
+    }
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from assets.caption_quality import caption_quality
+from pathgen_dagster.lib.quality.evidence import Evidence
 from pathgen_dagster.lib.quality.fidelity import RULE_NAMES
 from pathgen_dagster.lib.schemas import TABLES
 from pathgen_dagster.partitions import SLIDES_PARTITION, slide_partitions
@@ -130,7 +131,17 @@ def write_slide(
         "revised_descriptions",
         slide_id,
         [
-            k | {"draft": DRAFT, "revised": REVISED, "edits_json": json.dumps(EDITS), "n_edits": 1}
+            k
+            | {
+                "draft": DRAFT,
+                "revised": REVISED,
+                "edits_json": json.dumps(EDITS),
+                "n_edits": 1,
+                # the second detector agrees with the band the text was written from
+                "evidence_json": Evidence(
+                    "watershed-test", 12, 900.0, facts.cellularity, facts.cellularity
+                ).to_json(),
+            }
             for k in keys
         ],
     )
