@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from assets.coverage import coverage_spec, slide_coverage
 from pathgen_dagster.lib.dataset.duplicates import (
     DEFAULT_INDEX,
     near_duplicate_images,
@@ -96,6 +97,7 @@ def find_duplicates(pairs: pa.Table) -> list[dict]:
     description=DATASET_DUPLICATES.doc,
     code_version=CONFIG_HASH,
     metadata={"dagster/column_schema": column_schema(DATASET_DUPLICATES)},
+    check_specs=[coverage_spec(DATASET_DUPLICATES.name)],
 )
 def dataset_duplicates(context: dg.AssetExecutionContext, lakehouse: Lakehouse) -> dg.MaterializeResult:
     versions = {}
@@ -130,8 +132,11 @@ def dataset_duplicates(context: dg.AssetExecutionContext, lakehouse: Lakehouse) 
     version = lakehouse.write_table(DATASET_DUPLICATES.name, frame)
     images = frame.filter(pl.col("kind") == "image")
     captions = frame.filter(pl.col("kind") == "caption")
+    coverage, coverage_check = slide_coverage(context.instance, DATASET_DUPLICATES.name)
     return dg.MaterializeResult(
+        check_results=[coverage_check],
         metadata={
+            **coverage,
             "dagster/row_count": len(frame),
             "delta_version": version,
             "pairs_read": pairs.num_rows,
