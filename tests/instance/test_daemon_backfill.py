@@ -255,15 +255,12 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _run_worker_pid(run_id: str) -> int | None:
-    """The `dagster api execute_run` process the daemon's run launcher started for a run."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"execute_run" in argv and any(run_id.encode() in arg for arg in argv):
-            return int(cmdline.parent.name)
+def _run_worker_pid(instance, run_id: str) -> int | None:
+    """The run worker's pid, as its multiprocess executor logged it ("parent process (pid: N)")."""
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        found = re.search(r"multiprocess executor: parent process \(pid: (\d+)\)", event.message or "")
+        if found:
+            return int(found.group(1))
     return None
 
 
@@ -287,7 +284,8 @@ def test_a_killed_run_worker_takes_its_steps_with_it_and_the_daemon_retries_the_
             return any(event.step_key == "patch_embeddings" for event in starts)
 
     wait_for(step_started, timeout=300, what="patch_embeddings to start", interval=0.2)
-    worker = _run_worker_pid(run_id)
+    with site.instance() as instance:
+        worker = _run_worker_pid(instance, run_id)
     assert worker is not None, "no run worker process found for the run"
     below = _descendants(worker)
     assert below, "the run worker had no forkserver or step process"

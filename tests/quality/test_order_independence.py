@@ -14,6 +14,7 @@ import dagster as dg
 import polars as pl
 
 from assets.caption_quality import caption_quality
+from pathgen_dagster.lib.quality.evidence import Evidence
 from pathgen_dagster.lib.schemas import CAPTIONS, PATCHES, REVISED_DESCRIPTIONS
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.resources.encoders import Encoders
@@ -42,7 +43,10 @@ def write_twin(lakehouse: Lakehouse, slide_id: str) -> None:
                 "image_sha256": "same-bytes",
             }
         )
-        rows[REVISED_DESCRIPTIONS.name].append({**key, "draft": TEXT, "revised": TEXT, "edits_json": "[]"})
+        agreeing = Evidence("watershed-test", 40, 9000.0, FACTS["cellularity"], FACTS["cellularity"])
+        rows[REVISED_DESCRIPTIONS.name].append(
+            {**key, "draft": TEXT, "revised": TEXT, "edits_json": "[]", "evidence_json": agreeing.to_json()}
+        )
         rows[CAPTIONS.name].append({**key, "caption": f"{CAPTION[:-1]}, field {index}."})
     for spec in (PATCHES, REVISED_DESCRIPTIONS, CAPTIONS):
         frame = pl.DataFrame(
