@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 
 from assets.captions import AgentsConfig, captions, descriptions, revised_descriptions
@@ -46,6 +47,16 @@ def vllm_url():
     )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with managed_server(command, startup_timeout_s=600) as url:
+        # The first completion pays the CPU kernels' warm-up; time it so a slow CI machine
+        # shows up as a number in the log, not as the agents' timeouts.
+        started = time.perf_counter()
+        answer = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "gemma-3-270m", "prompt": "Tissue:", "max_tokens": 16},
+            timeout=600,
+        )
+        answer.raise_for_status()
+        print(f"\nvLLM CPU: first 16-token completion in {time.perf_counter() - started:.1f}s")
         yield url
 
 
@@ -54,7 +65,14 @@ def test_three_agents_through_vllm(vllm_url, sample_landing: Path, tmp_path: Pat
 
     lakehouse = Lakehouse(root=str(tmp_path / "lakehouse"))
     llm = LLMServer(
-        backend="vllm", base_url=vllm_url, model="gemma-3-270m", stop=["\nUser:"], max_concurrency=8
+        backend="vllm",
+        base_url=vllm_url,
+        model="gemma-3-270m",
+        stop=["\nUser:"],
+        max_concurrency=8,
+        # One core serves every request in flight: on the CI machine a batch of four
+        # 256-token descriptions took longer than the production 120 s per attempt.
+        timeout_s=900,
     )
     resources = {
         "lakehouse": lakehouse,
