@@ -15,7 +15,7 @@ from assets.tiles import slide_row
 from pathgen_dagster.lib.captions.verbalize import facts_sentence
 from pathgen_dagster.lib.ingest.wsi import SlideReadError, open_slide, read_tiles
 from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, TILES
-from pathgen_dagster.lib.selection.morphology import resolve_mpp
+from pathgen_dagster.lib.selection.facts import resolve_mpp
 from pathgen_dagster.lib.selection.prompts_library import PromptLibrary, load_report_findings
 from pathgen_dagster.lib.selection.selection import (
     SelectionConfig,

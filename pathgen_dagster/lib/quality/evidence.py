@@ -39,7 +39,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from pathgen_dagster.lib.selection.morphology import BANDS, Band, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, Band, MorphologyFacts
 
 # The LoG detector's colour deconvolution and block mean: the only steps the two share.
 from pathgen_dagster.lib.selection.nuclei import _block_mean, haematoxylin
