@@ -102,7 +102,12 @@ test-ray: $(RAY_VENV)/.installed $(MOTO_VENV)/.installed
 	  bash scripts/postgres/with_postgres.sh $(RAY_VENV)/bin/pytest -q -s -m ray tests/ray
 
 # Benchmarks: each prints ratios against a baseline measured in the same run.
+# BENCH_BASELINE=main make bench: the start-up and per-stage tables against that commit too
+# (and the diff of every table both trees wrote on the benchmark slide).
+BENCH_BASELINE ?=
 bench: demo
+	$(PY) scripts/bench_startup.py $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+	$(PY) scripts/bench_pipeline.py $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 	$(PY) scripts/bench_tiles.py $(LANDING)
 	$(PY) scripts/bench_morphology.py
 	$(PY) scripts/bench_agents.py --lakehouse $(LAKEHOUSE)

@@ -33,7 +33,7 @@ from pathgen_dagster.lib.schemas import (
     PATCHES,
     REVISED_DESCRIPTIONS,
 )
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.encoders import Encoders

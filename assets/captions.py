@@ -27,7 +27,7 @@ from pathgen_dagster.lib.schemas import (
     REVISED_DESCRIPTIONS,
     TableSpec,
 )
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.lib.selection.prompts_library import GENERIC
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions

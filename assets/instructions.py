@@ -23,7 +23,7 @@ from pathgen_dagster.lib.instructions.rules import (
     quarantine_shares,
 )
 from pathgen_dagster.lib.schemas import INSTRUCTIONS, LLM_RESPONSES, PATCHES, TRAINING_PAIRS
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse

@@ -15,7 +15,7 @@ from assets.tiles import slide_row
 from pathgen_dagster.lib.captions.verbalize import facts_sentence
 from pathgen_dagster.lib.ingest.wsi import SlideReadError, open_slide, read_tiles
 from pathgen_dagster.lib.schemas import PATCH_EMBEDDINGS, PATCHES, TILES
-from pathgen_dagster.lib.selection.morphology import resolve_mpp
+from pathgen_dagster.lib.selection.facts import resolve_mpp
 from pathgen_dagster.lib.selection.prompts_library import PromptLibrary, load_report_findings
 from pathgen_dagster.lib.selection.selection import (
     SelectionConfig,
@@ -24,6 +24,7 @@ from pathgen_dagster.lib.selection.selection import (
 )
 from pathgen_dagster.metadata import column_schema, config_hash, picture, preview
 from pathgen_dagster.partitions import slide_partitions
+from pathgen_dagster.profiles import machine_profile
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
 
@@ -50,7 +51,7 @@ class PatchEmbeddingsConfig(dg.Config):
     deps=[TILES.name],
     group_name="patches",
     kinds={"torch", "delta"},
-    pool="gpu",
+    pool=machine_profile().encoder_pool,  # `gpu` only where the encoder has one
     description=PATCH_EMBEDDINGS.doc,
     metadata={"dagster/column_schema": column_schema(PATCH_EMBEDDINGS)},
 )

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pathgen_dagster.profiles import ProfileError
+
 
 def _lakehouse(args: argparse.Namespace):
     from pathgen_dagster.resources.lakehouse import Lakehouse
@@ -19,10 +21,15 @@ def _lakehouse(args: argparse.Namespace):
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    from pathgen_dagster.lib.ingest.samples import build_landing_zone, write_faulty_files
+    from pathgen_dagster.lib.ingest.samples import (
+        build_benchmark_slide,
+        build_landing_zone,
+        write_faulty_files,
+    )
 
     started = time.perf_counter()
-    paths = build_landing_zone(Path(args.directory))
+    build = build_benchmark_slide if args.large else build_landing_zone
+    paths = build(Path(args.directory))
     if args.with_faulty:
         paths += write_faulty_files(Path(args.directory))
     for path in paths:
@@ -112,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=print,
             isolate=not args.in_process,
             memory_limit_mb=args.memory_limit_mb,
+            jobs=args.jobs,
         )
     summary = slide_summary(_lakehouse(args), outcomes)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=100, tbl_width_chars=200):
@@ -250,6 +258,20 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pathgen_dagster.profiles import machine_profile
+
+    profile = machine_profile()
+    limits = profile.pool_limits()
+    if args.pools:
+        print("\n".join(f"{pool} {limit}" for pool, limit in limits.items()))
+        return 0
+    print(profile.describe())
+    print("pools: " + ", ".join(f"{pool}={limit}" for pool, limit in limits.items()))
+    print(f"patch_embeddings runs in pool {profile.encoder_pool!r}")
+    return 0
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from quality.report import DATA_DOCS_URL_ENV, serve_data_docs
 
@@ -285,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     samples = commands.add_parser("samples", help="write the sample slide landing zone")
     samples.add_argument("directory")
     samples.add_argument("--with-faulty", action="store_true", help="also write unreadable files")
+    samples.add_argument(
+        "--large",
+        action="store_true",
+        help="write only the benchmark slide instead: 80k x 60k at 40x, ~40%% real H&E tissue",
+    )
     samples.set_defaults(func=cmd_samples)
 
     register = commands.add_parser("register", help="register new landing slides as partitions")
@@ -310,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-limit-mb",
         type=int,
         help="cap each slide's process at this many MiB of address space (RLIMIT_AS)",
+    )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="slides at once, each in its own process (default: the machine's profile, "
+        "`pathgen profile`; 1 with --in-process)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -339,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_export)
 
+    profile = commands.add_parser(
+        "profile", help="the machine's profile: slides at once and pool limits (set_pools.sh)"
+    )
+    profile.add_argument("--pools", action="store_true", help="only 'POOL LIMIT' lines")
+    profile.set_defaults(func=cmd_profile)
+
     docs = commands.add_parser("docs", help="serve the great-expectations data docs to a browser")
     docs.add_argument("--host", default="127.0.0.1")
     docs.add_argument("--port", type=int, default=3001)
@@ -358,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except InstanceSetupError as error:
+    except (InstanceSetupError, ProfileError) as error:
         print(f"pathgen {args.command}: {error}", file=sys.stderr)
         return 2
 

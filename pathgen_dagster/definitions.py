@@ -73,10 +73,13 @@ def defs() -> dg.Definitions:
                 # Steps fork from a server that has imported the code location once: a fresh
                 # interpreter per step re-imported torch and great-expectations (8-17 s a step).
                 # process_guard first: the forkserver and its steps die with the run worker.
+                # torch is named: the code location itself no longer imports it (commands that
+                # need no encoder start without it), but most steps do.
                 "start_method": {
                     "forkserver": {
                         "preload_modules": [
                             "pathgen_dagster.process_guard",
+                            "torch",
                             "pathgen_dagster.definitions",
                         ]
                     }

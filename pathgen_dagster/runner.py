@@ -39,16 +39,25 @@ def run_slides(
     progress: Callable[[str], None] = lambda _: None,
     isolate: bool = False,
     memory_limit_mb: int | None = None,
+    jobs: int | None = None,
 ) -> list[SlideOutcome]:
     """One run per slide of the partitioned assets in ``selection``.
 
     With ``isolate`` each slide runs in its own child process (``python -m
     pathgen_dagster.runner``), so an out-of-memory kill or a crash of one slide is recorded
-    as that slide's failure and the next slide starts; ``memory_limit_mb`` caps each
-    child's address space (RLIMIT_AS). Without it, the runs share this process.
+    as that slide's failure and the others go on; ``memory_limit_mb`` caps each child's
+    address space (RLIMIT_AS), and ``jobs`` children run at once (default: the machine's
+    profile, pathgen_dagster/profiles.py; the instance's pools still bound each stage).
+    Without ``isolate``, the runs share this process, one after another.
     """
     if isolate:
-        return _run_isolated(slide_ids, selection, log_level, progress, memory_limit_mb)
+        if jobs is None:
+            from pathgen_dagster.profiles import machine_profile
+
+            jobs = machine_profile().slides_at_once
+        return _run_isolated(slide_ids, selection, log_level, progress, memory_limit_mb, jobs)
+    if jobs not in (None, 1):
+        raise ValueError(f"jobs={jobs}: slides in this process run one at a time; isolate them")
 
     from dagster._core.utils import make_new_run_id
 
@@ -205,56 +214,76 @@ def _run_isolated(
     log_level: str,
     progress: Callable[[str], None],
     memory_limit_mb: int | None,
+    jobs: int,
 ) -> list[SlideOutcome]:
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: at least one slide must run at a time")
+    outcomes: dict[str, SlideOutcome] = {}
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="pathgen-slide") as pool:
+        futures = {
+            pool.submit(_run_child, slide_id, selection, log_level, progress, memory_limit_mb): slide_id
+            for slide_id in slide_ids
+        }
+        for done, future in enumerate(as_completed(futures), start=1):
+            outcome = future.result()
+            outcomes[outcome.slide_id] = outcome
+            status = "ok" if outcome.success else f"FAILED: {outcome.error}"
+            progress(f"[{done}/{len(slide_ids)}] {outcome.slide_id}: {status} ({outcome.seconds:.1f}s)")
+    return [outcomes[slide_id] for slide_id in slide_ids]
+
+
+def _run_child(
+    slide_id: str,
+    selection: str,
+    log_level: str,
+    progress: Callable[[str], None],
+    memory_limit_mb: int | None,
+) -> SlideOutcome:
+    """One slide in a child process: its outcome, or why the process ended without one."""
     import json
     import signal
     import subprocess
     import sys
     import tempfile
 
-    outcomes = []
-    for index, slide_id in enumerate(slide_ids, start=1):
-        command = [sys.executable, "-m", "pathgen_dagster.runner", slide_id]
-        command += ["--select", selection, "--log-level", log_level]
-        if memory_limit_mb:
-            command += ["--memory-limit-mb", str(memory_limit_mb)]
-        started = time.perf_counter()
-        reported = []
-        with tempfile.TemporaryFile("w+") as stderr:
-            # The child's progress (waiting for a pool slot, behind which run) is passed on
-            # as it happens; its stderr goes to a file so a chatty child cannot block a pipe.
-            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as child:
-                for line in child.stdout:
-                    line = line.rstrip("\n")
-                    if line.startswith(_OUTCOME):
-                        reported.append(line)
-                    elif line.startswith(_PROGRESS):
-                        progress(line[len(_PROGRESS) :])
-            stderr.seek(0)
-            child_stderr = stderr.read()
-        seconds = time.perf_counter() - started
-        if reported:
-            data = json.loads(reported[-1][len(_OUTCOME) :])
-            outcome = SlideOutcome(slide_id, data["success"], data["run_id"], seconds, data["error"])
-        elif child.returncode < 0:
-            name = signal.Signals(-child.returncode).name
-            hint = " (out of memory: the kernel's OOM killer?)" if name == "SIGKILL" else ""
-            outcome = SlideOutcome(
-                slide_id, False, None, seconds, f"the slide's process was killed by {name}{hint}"
-            )
-        else:
-            tail = (child_stderr.strip().splitlines() or ["no output"])[-1]
-            outcome = SlideOutcome(
-                slide_id,
-                False,
-                None,
-                seconds,
-                f"the slide's process exited with code {child.returncode}: {tail}",
-            )
-        outcomes.append(outcome)
-        status = "ok" if outcome.success else f"FAILED: {outcome.error}"
-        progress(f"[{index}/{len(slide_ids)}] {slide_id}: {status} ({outcome.seconds:.1f}s)")
-    return outcomes
+    command = [sys.executable, "-m", "pathgen_dagster.runner", slide_id]
+    command += ["--select", selection, "--log-level", log_level]
+    if memory_limit_mb:
+        command += ["--memory-limit-mb", str(memory_limit_mb)]
+    started = time.perf_counter()
+    reported = []
+    with tempfile.TemporaryFile("w+") as stderr:
+        # The child's progress (waiting for a pool slot, behind which run) is passed on
+        # as it happens; its stderr goes to a file so a chatty child cannot block a pipe.
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as child:
+            for line in child.stdout:
+                line = line.rstrip("\n")
+                if line.startswith(_OUTCOME):
+                    reported.append(line)
+                elif line.startswith(_PROGRESS):
+                    progress(line[len(_PROGRESS) :])
+        stderr.seek(0)
+        child_stderr = stderr.read()
+    seconds = time.perf_counter() - started
+    if reported:
+        data = json.loads(reported[-1][len(_OUTCOME) :])
+        return SlideOutcome(slide_id, data["success"], data["run_id"], seconds, data["error"])
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        hint = " (out of memory: the kernel's OOM killer?)" if name == "SIGKILL" else ""
+        return SlideOutcome(
+            slide_id, False, None, seconds, f"the slide's process was killed by {name}{hint}"
+        )
+    tail = (child_stderr.strip().splitlines() or ["no output"])[-1]
+    return SlideOutcome(
+        slide_id,
+        False,
+        None,
+        seconds,
+        f"the slide's process exited with code {child.returncode}: {tail}",
+    )
 
 
 _OUTCOME = "PATHGEN_SLIDE_OUTCOME "

@@ -29,7 +29,7 @@ from pathgen_dagster.lib.schemas import (
     TILES,
     TRAINING_PAIRS,
 )
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.metadata import preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse

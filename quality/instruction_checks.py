@@ -27,7 +27,7 @@ from pathgen_dagster.lib.instructions.rules import (
     quarantine_shares,
 )
 from pathgen_dagster.lib.schemas import INSTRUCTIONS, PATCHES, TRAINING_PAIRS
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from quality.expectations import QUALITY_FOLDER

@@ -26,7 +26,7 @@ from pathgen_dagster.lib.captions.agents import AGENTS, PatchInput, run_agent
 from pathgen_dagster.lib.captions.verbalize import facts_sentence
 from pathgen_dagster.lib.quality import evidence
 from pathgen_dagster.lib.quality.fidelity import RULE_NAMES, SlideInputs, judge, measure_slide
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.resources.encoders import Encoders
 
 

@@ -23,12 +23,8 @@ import openslide
 import torch
 
 from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, fetch
-from pathgen_dagster.lib.selection.morphology import (
-    BANDS,
-    TISSUE_MIN_FRACTION,
-    MorphologyEncoder,
-    embed_loop,
-)
+from pathgen_dagster.lib.selection.facts import BANDS, TISSUE_MIN_FRACTION
+from pathgen_dagster.lib.selection.morphology import MorphologyEncoder, embed_loop
 
 TILE_PX = 672
 

@@ -43,7 +43,7 @@ from pathgen_dagster.lib.quality.fidelity import (
     ruleset_version,
 )
 from pathgen_dagster.lib.schemas import TABLES
-from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, MorphologyFacts
 from pathgen_dagster.lib.selection.text_encoder import SentenceEncoder
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.resources.encoders import Encoders

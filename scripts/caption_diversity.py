@@ -34,7 +34,8 @@ from PIL import Image
 from pathgen_dagster.lib.captions import verbalize as v
 from pathgen_dagster.lib.ingest import samples
 from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
-from pathgen_dagster.lib.selection.morphology import BANDS, EVIDENCE_BANDS, measure
+from pathgen_dagster.lib.selection.facts import BANDS, EVIDENCE_BANDS
+from pathgen_dagster.lib.selection.morphology import measure
 
 TILE = 672
 STOPWORDS = frozenset(

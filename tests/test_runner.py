@@ -55,3 +55,23 @@ def test_a_slide_process_that_dies_is_that_slides_failure_and_the_next_one_runs(
     for outcome in outcomes:
         assert not outcome.success
         assert "the slide's process exited with code" in outcome.error or "killed by" in outcome.error
+
+
+def test_slides_run_at_once_in_their_own_processes(site: Path, sample_landing: Path):
+    """``jobs=2``: two slides' processes overlap in time, and each keeps its own outcome."""
+    shutil.copyfile(sample_landing / "synthetic-generic-20x.tiff", site / "twin.tiff")
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(SLIDES_PARTITION, ["twin"])
+        outcomes = run_slides(
+            instance, ["good", "twin", "gone"], selection="key:slides", isolate=True, jobs=2
+        )
+        stats = {o.slide_id: instance.get_run_stats(o.run_id) for o in outcomes if o.success}
+    assert [o.slide_id for o in outcomes] == ["good", "twin", "gone"]
+    assert [o.success for o in outcomes] == [True, True, False]
+    good, twin = stats["good"], stats["twin"]
+    assert good.start_time < twin.end_time and twin.start_time < good.end_time, "ran one by one"
+
+
+def test_slides_in_this_process_run_one_at_a_time(site: Path):
+    with dg.DagsterInstance.get() as instance, pytest.raises(ValueError, match="one at a time"):
+        run_slides(instance, ["good"], selection="key:slides", jobs=2)

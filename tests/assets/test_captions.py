@@ -15,7 +15,7 @@ from pathgen_dagster.lib.captions.agents import AGENTS, AgentConfig, PatchInput,
 from pathgen_dagster.lib.captions.embedded_server import EmbeddedServer
 from pathgen_dagster.lib.captions.llm import ChatClient
 from pathgen_dagster.lib.captions.tokenizer import get_tokenizer
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.llm import LLMServer, Session
 from pathgen_dagster.sensors import register_landing

@@ -9,11 +9,13 @@ import dagster as dg
 import pytest
 import yaml
 
+from pathgen_dagster.profiles import machine_profile
 from tests.ui.dagster_site import ROOT, VENV_BIN, Site
 
 ONE_PERSON = ROOT / "dagster.yaml"
 TEAM = ROOT / "deploy" / "dagster-team.yaml"
-SHIPPED_POOL_LIMITS = {"tile_readers": 2, "gpu": 1, "llm": 1}
+# set_pools.sh applies this machine's profile (pathgen_dagster/profiles.py).
+SHIPPED_POOL_LIMITS = machine_profile().pool_limits()
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def test_one_person_instance_queues_runs_retries_crashes_and_caps_pools(home: Pa
         assert instance.event_log_storage.get_concurrency_info("new_model_server").slot_count == 1
 
 
-def test_set_pools_script_sets_the_shipped_limits(home: Path, tmp_path: Path):
+def test_set_pools_script_sets_the_profiles_limits(home: Path, tmp_path: Path):
     site = Site(root=tmp_path)
     site.run(ROOT / "deploy" / "set_pools.sh", env={"DAGSTER": str(VENV_BIN / "dagster")})
     with dg.DagsterInstance.from_config(str(home)) as instance:

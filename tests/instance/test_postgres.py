@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 
 from pathgen_dagster.partitions import SLIDES_PARTITION
+from pathgen_dagster.profiles import machine_profile
 from pathgen_dagster.runner import run_slides
 from pathgen_dagster.sensors import register_landing
 from tests.ui.dagster_site import ROOT, VENV_BIN, Site
@@ -106,7 +107,7 @@ def test_team_instance_stores_runs_partitions_and_pools_in_postgres(
     # The shipped pool limits, set with the same script and CLI a team would use.
     team_site.run(ROOT / "deploy" / "set_pools.sh", env={"DAGSTER": str(VENV_BIN / "dagster")})
     limits = dict(query(pg_database, 'SELECT concurrency_key, "limit" FROM concurrency_limits'))
-    assert limits == {"tile_readers": 2, "gpu": 1, "llm": 1}
+    assert limits == machine_profile().pool_limits()
 
     from pathgen_dagster.resources.lakehouse import Lakehouse
 

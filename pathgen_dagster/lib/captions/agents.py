@@ -36,7 +36,7 @@ from pathgen_dagster.lib.captions.llm import ChatClient, ChatRequest, ChatResult
 from pathgen_dagster.lib.captions.screening import screen_output
 from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
 from pathgen_dagster.lib.quality.evidence import Evidence
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 
 AgentName = Literal["description", "revision", "summary"]
 GROUNDED_MODEL_ID = "grounded-verbaliser-v1"

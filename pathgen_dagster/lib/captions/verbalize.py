@@ -1,8 +1,8 @@
 """Grounded captions: text written from measured morphology, faithful by construction.
 
 The "grounded" backend of the three PathGen agents. Every sentence is worded from a band of
-:class:`~pathgen_dagster.lib.selection.morphology.MorphologyFacts` (the band table
-:data:`~pathgen_dagster.lib.selection.morphology.BANDS`), so it says only what was measured:
+:class:`~pathgen_dagster.lib.selection.facts.MorphologyFacts` (the band table
+:data:`~pathgen_dagster.lib.selection.facts.BANDS`), so it says only what was measured:
 
 * :func:`describe` writes a PathGen-style description (cells and tissue first);
 * :func:`revise` checks a draft sentence by sentence against the facts and returns the
@@ -35,7 +35,7 @@ from typing import Literal, NamedTuple
 from pathgen_dagster.lib.captions.tokenizer import get_tokenizer
 from pathgen_dagster.lib.quality.lexicon import get_lexicon
 from pathgen_dagster.lib.selection import findings
-from pathgen_dagster.lib.selection.morphology import TISSUE_MIN_FRACTION, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import TISSUE_MIN_FRACTION, MorphologyFacts
 
 EditOp = Literal["modify", "delete", "add"]
 

@@ -28,9 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads with the first search, not with the code location
+    import torch
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,16 @@ class Duplicate:
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, k: int, block: int) -> torch.Tensor:
     """Indices of the ``k`` centroids with the highest cosine to each row of ``x``."""
+    import torch
+
     out = [torch.topk(x[i : i + block] @ centroids.T, k, dim=1).indices for i in range(0, len(x), block)]
     return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long)
 
 
 def _kmeans(x: torch.Tensor, cells: int, settings: IndexSettings) -> torch.Tensor:
     """Spherical K-means centroids of an id-ordered sample of ``x`` (deterministic)."""
+    import torch
+
     step = max(1, len(x) // settings.train_rows)
     sample = x[::step][: settings.train_rows]
     generator = torch.Generator().manual_seed(settings.seed)
@@ -96,6 +103,8 @@ def _kmeans(x: torch.Tensor, cells: int, settings: IndexSettings) -> torch.Tenso
 
 def _by_cell(filed: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows grouped by the cells they are filed under (row order inside a cell), and bounds."""
+    import torch
+
     n, k = filed.shape
     rows = torch.arange(n).repeat_interleave(k)
     cell_of = filed.reshape(-1)
@@ -113,6 +122,8 @@ def candidate_pairs(
         threshold: near-duplicate cosine.
         settings: the index.
     """
+    import torch
+
     n = len(embeddings)
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)

@@ -52,6 +52,9 @@ class SyntheticSlide:
     islands: int
     upsample: int
     seed: int
+    # Island side as a share of its grid cell; above 1, neighbours overlap like touching
+    # tissue fragments.
+    island_scale: tuple[float, float] = (0.6, 0.85)
 
 
 SYNTHETIC_SLIDES = (
@@ -59,6 +62,13 @@ SYNTHETIC_SLIDES = (
     SyntheticSlide("synthetic-aperio-20x.svs", 10_240, 8_192, 0.5, 20, True, (1, 4, 16), 6, 1, 12),
     SyntheticSlide("synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 1, 13),
 )
+# The benchmark slide (`pathgen samples --large`): a lab's 40x scan size, 80k x 60k, with
+# 2,000 touching islands cut as 24 distinct real crops placed in 8 orientations.
+BENCHMARK_SLIDE = SyntheticSlide(
+    "benchmark-aperio-40x-80k.svs", 80_000, 60_000, 0.25, 40, True, (1, 4, 16, 64), 2000, 2, 21,
+    island_scale=(1.05, 1.35),
+)
+BENCHMARK_DISTINCT_CROPS = 24
 
 
 def build_landing_zone(directory: Path, *, cache_dir: Path | None = None) -> list[Path]:
@@ -69,57 +79,106 @@ def build_landing_zone(directory: Path, *, cache_dir: Path | None = None) -> lis
     directory.mkdir(parents=True, exist_ok=True)
     fetch_kwargs = {"cache_dir": cache_dir} if cache_dir else {}
     cmu_path = fetch(CMU_SMALL_REGION, **fetch_kwargs)
-    target_path = fetch(TIATOOLBOX_TARGET, **fetch_kwargs)
     written = [directory / "CMU-1-Small-Region.svs"]
     if not written[0].exists():
         shutil.copyfile(cmu_path, written[0])
-    with openslide.OpenSlide(str(cmu_path)) as cmu:
-        cmu_rgb = np.asarray(cmu.read_region((0, 0), 0, cmu.dimensions).convert("RGB"))
-    target_rgb = np.asarray(Image.open(target_path).convert("RGB"))
-    sources = (cmu_rgb, target_rgb)
+    sources = _real_sources(fetch_kwargs)
     for recipe in SYNTHETIC_SLIDES:
-        path = directory / recipe.file_name
-        if not path.exists():
-            partial = path.with_name(path.name + ".part")
-            write_pyramid(partial, recipe, place_islands(recipe, sources))
-            partial.replace(path)
-        written.append(path)
+        written.append(_write_once(directory, recipe, lambda r: place_islands(r, sources)))
+    _write_manifest(directory, written)
+    return written
+
+
+def build_benchmark_slide(directory: Path, *, cache_dir: Path | None = None) -> list[Path]:
+    """Write :data:`BENCHMARK_SLIDE` (80k x 60k at 40x, real H&E) and its manifest.
+
+    Deterministic: the same bytes on every machine. Kept when it exists already.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = _real_sources({"cache_dir": cache_dir} if cache_dir else {})
+    path = _write_once(
+        directory,
+        BENCHMARK_SLIDE,
+        lambda r: place_islands(r, sources, distinct=BENCHMARK_DISTINCT_CROPS),
+    )
+    _write_manifest(directory, [path])
+    return [path]
+
+
+def _real_sources(fetch_kwargs: dict) -> tuple[np.ndarray, ...]:
+    """The real H&E images every assembled slide is cut from (CMU skin, tiatoolbox target)."""
+    with openslide.OpenSlide(str(fetch(CMU_SMALL_REGION, **fetch_kwargs))) as cmu:
+        cmu_rgb = np.asarray(cmu.read_region((0, 0), 0, cmu.dimensions).convert("RGB"))
+    target_rgb = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET, **fetch_kwargs)).convert("RGB"))
+    return cmu_rgb, target_rgb
+
+
+def _write_once(directory: Path, recipe: SyntheticSlide, islands) -> Path:
+    path = directory / recipe.file_name
+    if not path.exists():
+        partial = path.with_name(path.name + ".part")
+        write_pyramid(partial, recipe, islands(recipe))
+        partial.replace(path)
+    return path
+
+
+def _write_manifest(directory: Path, written: list[Path]) -> None:
     with open(directory / MANIFEST, "w", newline="") as handle:
         # Tissue site is unknown for these public samples: the generic prompt set applies.
         writer = csv.writer(handle)
         writer.writerow(["file_name", "tissue_site"])
         writer.writerows([path.name, "generic"] for path in written)
-    return written
 
 
-def place_islands(recipe: SyntheticSlide, sources: tuple[np.ndarray, ...]) -> list[Island]:
-    """Non-overlapping tissue islands for ``recipe``, cut from the real source images."""
+def place_islands(
+    recipe: SyntheticSlide, sources: tuple[np.ndarray, ...], *, distinct: int | None = None
+) -> list[Island]:
+    """Tissue islands for ``recipe``, one per grid cell, cut from the real source images
+    (they overlap their neighbours only when ``recipe.island_scale`` exceeds 1).
+
+    With ``distinct``, only that many crops (and edge masks) are cut and upsampled; every
+    later island is one of them, rotated and flipped (numpy views), so a slide of
+    thousands of islands holds a few dozen crops in memory.
+    """
     rng = np.random.default_rng(recipe.seed)
     columns = math.ceil(math.sqrt(recipe.islands * recipe.width / recipe.height))
     rows = math.ceil(recipe.islands / columns)
     cell_w, cell_h = recipe.width // columns, recipe.height // rows
-    islands = []
+    islands: list[Island] = []
     for index in range(recipe.islands):
-        source = sources[index % len(sources)]
-        side = int(min(cell_w, cell_h) * rng.uniform(0.6, 0.85)) // recipe.upsample
-        # At most 3/4 of the source, so islands cut from one source differ.
-        side = min(side, int(0.75 * min(source.shape[:2])))
-        top = int(rng.integers(0, source.shape[0] - side + 1))
-        left = int(rng.integers(0, source.shape[1] - side + 1))
-        crop = np.rot90(source[top : top + side, left : left + side], k=int(rng.integers(4)))
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        if recipe.upsample > 1:
-            size = (crop.shape[1] * recipe.upsample, crop.shape[0] * recipe.upsample)
-            crop = np.asarray(
-                Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BICUBIC)
-            )
-        alpha = blob_mask(crop.shape[0], rng)
+        if distinct is not None and index >= distinct:
+            shared = islands[int(rng.integers(distinct))]
+            k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+            crop, alpha = (np.rot90(a, k=k) for a in (shared.rgb, shared.alpha))
+            crop, alpha = (crop[:, ::-1], alpha[:, ::-1]) if flip else (crop, alpha)
+        else:
+            crop, alpha = _cut_crop(recipe, sources[index % len(sources)], cell_w, cell_h, rng)
         row, column = divmod(index, columns)
         x = column * cell_w + int(rng.integers(0, max(1, cell_w - crop.shape[1])))
         y = row * cell_h + int(rng.integers(0, max(1, cell_h - crop.shape[0])))
-        islands.append(Island(x, y, np.ascontiguousarray(crop), alpha))
+        islands.append(Island(x, y, crop, alpha))
     return islands
+
+
+def _cut_crop(
+    recipe: SyntheticSlide, source: np.ndarray, cell_w: int, cell_h: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A randomly placed, rotated, flipped crop of ``source`` at the slide's scale, and
+    its island mask."""
+    side = int(min(cell_w, cell_h) * rng.uniform(*recipe.island_scale)) // recipe.upsample
+    # At most 3/4 of the source, so islands cut from one source differ.
+    side = min(side, int(0.75 * min(source.shape[:2])))
+    top = int(rng.integers(0, source.shape[0] - side + 1))
+    left = int(rng.integers(0, source.shape[1] - side + 1))
+    crop = np.rot90(source[top : top + side, left : left + side], k=int(rng.integers(4)))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if recipe.upsample > 1:
+        size = (crop.shape[1] * recipe.upsample, crop.shape[0] * recipe.upsample)
+        crop = np.asarray(
+            Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BICUBIC)
+        )
+    return np.ascontiguousarray(crop), blob_mask(crop.shape[0], rng)
 
 
 def blob_mask(side: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,19 +218,29 @@ _SCALED: dict[tuple[int, int], Island] = {}
 def _scaled(island: Island, scale: int) -> Island:
     if scale == 1:
         return island
-    key = (id(island), scale)
+    # Keyed by the pixels, not the island: islands that are the same view of one shared
+    # crop (place_islands(distinct=...)) are scaled once.
+    rgb = island.rgb
+    key = (rgb.__array_interface__["data"][0], rgb.strides, rgb.shape, scale)
     if key not in _SCALED:
         size = (max(1, island.rgb.shape[1] // scale), max(1, island.rgb.shape[0] // scale))
         rgb = np.asarray(Image.fromarray(island.rgb).resize(size, Image.Resampling.BOX))
         alpha = np.asarray(Image.fromarray(island.alpha).resize(size, Image.Resampling.BOX))
-        _SCALED[key] = Island(island.x, island.y, rgb, alpha)
-    return _SCALED[key]
+        _SCALED[key] = Island(0, 0, rgb, alpha)
+    return Island(island.x, island.y, _SCALED[key].rgb, _SCALED[key].alpha)
 
 
 def _tiles(islands: list[Island], width: int, height: int, scale: int) -> Iterator[np.ndarray]:
     for y in range(0, height, TILE):
+        # Only the islands reaching this row of tiles (in their order, so blending is the same).
+        row = [
+            island
+            for island in islands
+            if island.y // scale < y + TILE
+            and island.y // scale + max(1, island.rgb.shape[0] // scale) > y
+        ]
         for x in range(0, width, TILE):
-            yield compose(islands, x, y, TILE, TILE, scale)
+            yield compose(row, x, y, TILE, TILE, scale)
 
 
 def write_pyramid(path: Path, recipe: SyntheticSlide, islands: list[Island]) -> None:
@@ -184,6 +253,7 @@ def write_pyramid(path: Path, recipe: SyntheticSlide, islands: list[Island]) -> 
     resolution_per_cm = 1e4 / recipe.mpp
     with tifffile.TiffWriter(path, bigtiff=True) as tiff:
         for downsample in recipe.downsamples:
+            _SCALED.clear()  # one level's scaled islands at a time
             width, height = recipe.width // downsample, recipe.height // downsample
             description = None
             if recipe.aperio:

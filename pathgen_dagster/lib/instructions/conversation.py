@@ -20,7 +20,7 @@ from pathgen_dagster.lib.instructions.questions import (
     conversation_question,
     pick,
 )
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 
 IMAGE_TOKEN = "<image>"
 HUMAN, GPT = "human", "gpt"

@@ -29,7 +29,7 @@ from pathgen_dagster.lib.instructions.questions import (
     pick,
 )
 from pathgen_dagster.lib.quality.fidelity import grounding_contradictions
-from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, MorphologyFacts
 
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 N_OPTIONS = len(LETTERS)

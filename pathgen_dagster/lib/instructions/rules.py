@@ -31,7 +31,7 @@ from pathgen_dagster.lib.instructions.conversation import (
 )
 from pathgen_dagster.lib.instructions.multiple_choice import LETTERS, N_OPTIONS
 from pathgen_dagster.lib.quality.fidelity import grounding_contradictions, unsupported_claims
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 
 RULESET_VERSION = "instructions-1"
 Kind = Literal["conversation", "multiple_choice"]

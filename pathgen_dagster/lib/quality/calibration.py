@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from pathgen_dagster.lib.selection import findings
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts, measure
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
+from pathgen_dagster.lib.selection.morphology import measure
 
 FOLDER = Path(__file__).resolve().parents[3] / "tests" / "data" / "calibration"
 CELLULARITY = ("low", "moderate", "high")

@@ -39,10 +39,10 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from pathgen_dagster.lib.selection.morphology import BANDS, Band, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, Band, MorphologyFacts
 
 # The LoG detector's colour deconvolution and block mean: the only steps the two share.
-from pathgen_dagster.lib.selection.nuclei import _block_mean, haematoxylin
+from pathgen_dagster.lib.selection.nuclei import block_mean, haematoxylin
 
 DETECTOR_ID = "watershed-h-v1"
 
@@ -78,7 +78,7 @@ def segment(rgb: np.ndarray, mpp: float, settings: WatershedSettings = DEFAULT_W
         raise ValueError(f"mpp must be positive microns per pixel, got {mpp}")
     factor = max(1, round(settings.grid_um / mpp))
     grid_um = mpp * factor
-    h = ndi.gaussian_filter(_block_mean(haematoxylin(rgb), factor), settings.smoothing_um / grid_um)
+    h = ndi.gaussian_filter(block_mean(haematoxylin(rgb), factor), settings.smoothing_um / grid_um)
     level = settings.min_od
     if np.ptp(h) > 0:
         level = max(level, float(threshold_otsu(h)))

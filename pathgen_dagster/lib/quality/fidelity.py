@@ -41,7 +41,7 @@ from pathgen_dagster.lib.captions.edit_log import EditLogError, parse_revision
 from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, ClipTokenizer, get_tokenizer
 from pathgen_dagster.lib.quality.evidence import Evidence, claim_disagreements
 from pathgen_dagster.lib.quality.lexicon import Lexicon, Mention, get_lexicon
-from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, MorphologyFacts
 
 RULESET_VERSION = "fidelity-2"
 """Bumped by hand when a rule's logic changes (each rule's ``version`` says which)."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from pathgen_dagster.lib.selection.nuclei import block_mean
+
 # Ruifrok & Johnston H&E(-DAB) optical density matrix; its inverse unmixes the stains.
 _HE_FROM_OD = np.linalg.inv(np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]))[
     :, :2
@@ -145,14 +147,6 @@ def label(detector: FindingDetector, value: float) -> str:
     return PRESENT if value >= detector.threshold else ABSENT
 
 
-def _block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
-    if factor <= 1:
-        return rgb.astype(np.float32)
-    h, w = rgb.shape[0] // factor, rgb.shape[1] // factor
-    blocks = rgb[: h * factor, : w * factor].reshape(h, factor, w, factor, rgb.shape[-1])
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
-
-
 def measure(rgb: np.ndarray, mpp: float, detections: np.ndarray) -> dict[str, float]:
     """The detectors' numbers for one uint8 RGB tile at ``mpp`` microns per pixel.
 
@@ -163,7 +157,7 @@ def measure(rgb: np.ndarray, mpp: float, detections: np.ndarray) -> dict[str, fl
     """
     factor = max(1, round(GRID_UM / mpp))
     um = mpp * factor
-    colour = _block_mean(rgb, factor)
+    colour = block_mean(rgb, factor, np.float32)
     red, green, blue = colour[..., 0], colour[..., 1], colour[..., 2]
     brightest, darkest = colour.max(axis=-1), colour.min(axis=-1)
     saturation = (brightest - darkest) / np.maximum(brightest, 1.0)
@@ -207,7 +201,7 @@ def _ink_fraction(colour: np.ndarray, n_tissue: int) -> float:
     """Share of tissue (1 um pixels) under ink, judged on a 2 um grid: the one-pixel green
     fringes that lens aberration leaves along dark keratin edges average away there, ink
     blots do not (seen on CMU tiles, issue 10)."""
-    coarse = _block_mean(colour, 2) if min(colour.shape[:2]) >= 2 else colour
+    coarse = block_mean(colour, 2, np.float32) if min(colour.shape[:2]) >= 2 else colour
     ink = coarse[..., 1] - coarse[..., 0] >= _INK_GREEN_EXCESS
     return float(ink.sum() * 4 / n_tissue) if n_tissue else 0.0
 

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+# torch loads with the first k-means, not with every module that imports this one (the
+# code location, the CLI): see pathgen_dagster/resources/encoders.py.
+if TYPE_CHECKING:
+    import torch
+
+    Embeddings = np.ndarray | torch.Tensor
 
 Reason = Literal["attribute", "report", "cluster"]
-Embeddings = np.ndarray | torch.Tensor
 
 # Reasons in priority order: when the union exceeds the cap, earlier reasons win.
 REASONS: tuple[Reason, ...] = ("attribute", "report", "cluster")
@@ -157,6 +162,8 @@ def kmeans(
     seeded generator, so the same inputs and seed always give the same clusters. k is
     capped at n; duplicate points may leave a cluster empty, which keeps its centroid.
     """
+    import torch
+
     points = torch.nn.functional.normalize(
         torch.as_tensor(_as_matrix(embeddings, "embeddings")), dim=1
     )
@@ -280,7 +287,7 @@ def select(
 
 def _as_matrix(values: Embeddings, name: str) -> np.ndarray:
     """Returns ``values`` as a float32 numpy matrix, whether numpy or torch came in."""
-    if isinstance(values, torch.Tensor):
+    if not isinstance(values, np.ndarray) and hasattr(values, "detach"):  # a torch tensor
         values = values.detach().cpu().numpy()
     matrix = np.asarray(values, dtype=np.float32)
     if matrix.ndim != 2:
@@ -311,6 +318,8 @@ def _round_robin(indices: np.ndarray, groups: np.ndarray, scores: np.ndarray) ->
 
 def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Returns k initial centroids, each drawn with probability proportional to D^2."""
+    import torch
+
     chosen = [int(torch.randint(len(points), (1,), generator=generator))]
     distance = ((points - points[chosen[0]]) ** 2).sum(dim=1)
     for _ in range(1, k):

@@ -21,7 +21,7 @@ import pytest
 from pathgen_dagster.lib.captions import verbalize
 from pathgen_dagster.lib.captions.agents import AGENTS, AgentConfig, PatchInput, ResponseCache, run_agent
 from pathgen_dagster.lib.captions.llm import ChatClient
-from pathgen_dagster.lib.selection.morphology import MorphologyFacts
+from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.resources.llm import Session
 
 FACTS = MorphologyFacts.from_dict(

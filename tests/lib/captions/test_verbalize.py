@@ -30,12 +30,8 @@ from pathgen_dagster.lib.captions.verbalize import (
 )
 from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
 from pathgen_dagster.lib.selection import findings
-from pathgen_dagster.lib.selection.morphology import (
-    BANDS,
-    EVIDENCE_BANDS,
-    MorphologyFacts,
-    measure,
-)
+from pathgen_dagster.lib.selection.facts import BANDS, EVIDENCE_BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.morphology import measure
 
 BASE = {
     "mpp_um": 0.5,

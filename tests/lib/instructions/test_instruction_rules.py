@@ -30,7 +30,7 @@ from pathgen_dagster.lib.instructions.rules import (
     judge,
     letter_balance,
 )
-from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, MorphologyFacts
 
 FACTS = MorphologyFacts.from_dict(
     json.loads((Path(__file__).parents[2] / "assets" / "facts_example.json").read_text())

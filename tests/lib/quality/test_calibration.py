@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from pathgen_dagster.lib.quality import calibration
-from pathgen_dagster.lib.selection.morphology import CELLULARITY_EDGES_PER_MM2, STROMA_EDGES
+from pathgen_dagster.lib.selection.facts import CELLULARITY_EDGES_PER_MM2, STROMA_EDGES
 
 
 @pytest.fixture(scope="module")

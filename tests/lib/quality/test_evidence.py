@@ -16,7 +16,7 @@ from pathgen_dagster.lib.captions import verbalize
 from pathgen_dagster.lib.captions.agents import AGENTS, PatchInput, withdraw_disputed
 from pathgen_dagster.lib.captions.edit_log import parse_revision
 from pathgen_dagster.lib.quality import calibration, evidence, fidelity
-from pathgen_dagster.lib.selection.morphology import without_scale
+from pathgen_dagster.lib.selection.facts import without_scale
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from pathgen_dagster.lib.quality.fidelity import (
     ruleset_version,
 )
 from pathgen_dagster.lib.quality.lexicon import get_lexicon
-from pathgen_dagster.lib.selection.morphology import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.facts import BANDS, MorphologyFacts
 from pathgen_dagster.lib.selection.text_encoder import SentenceEncoder
 
 # A lymphocyte-poor, low-cellularity patch of loose stroma: what was measured.

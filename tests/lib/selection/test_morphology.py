@@ -14,12 +14,16 @@ from skimage.color import rgb2hed
 
 from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
 from pathgen_dagster.lib.selection import morphology
-from pathgen_dagster.lib.selection.morphology import (
+from pathgen_dagster.lib.selection.facts import (
     BANDS,
     DESCRIPTOR_COMPONENTS,
     DESCRIPTOR_DIM,
-    MorphologyEncoder,
+    REFERENCE_MEAN,
+    REFERENCE_STD,
     MorphologyFacts,
+)
+from pathgen_dagster.lib.selection.morphology import (
+    MorphologyEncoder,
     embed_loop,
     measure,
     measure_loop,
@@ -113,7 +117,7 @@ def test_batch_measurements_agree_with_the_one_tile_loop(cmu, carcinoma, pink):
         assert ours.nuclei_count == reference.nuclei_count
         assert {b: getattr(ours, b) for b in BANDS} == {b: getattr(reference, b) for b in BANDS}
     # Percentiles come from 1/256 OD bins in the batch; everything else is exact to float32.
-    z_gap = np.abs(raw - loop_raw) / morphology.REFERENCE_STD
+    z_gap = np.abs(raw - loop_raw) / REFERENCE_STD
     assert z_gap.max() < 0.2
     vectors, _ = MorphologyEncoder(batch_size=4).embed(batch, mpp)
     loop_vectors, _ = embed_loop(batch, mpp)
@@ -216,4 +220,4 @@ def test_descriptor_components_tile_the_vector():
         assert component.index.start == position and component.meaning
         position = component.index.stop
     assert position == DESCRIPTOR_DIM == MorphologyEncoder.dim
-    assert len(morphology.REFERENCE_MEAN) == len(morphology.REFERENCE_STD) == DESCRIPTOR_DIM
+    assert len(REFERENCE_MEAN) == len(REFERENCE_STD) == DESCRIPTOR_DIM

@@ -16,13 +16,13 @@ from pathgen_dagster.lib.captions.verbalize import (
     summarize,
 )
 from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, fetch
-from pathgen_dagster.lib.selection.morphology import (
+from pathgen_dagster.lib.selection.facts import (
     SCALE_DEPENDENT_BANDS,
     SCALE_DEPENDENT_MEASURES,
-    MorphologyEncoder,
     MorphologyFacts,
     resolve_mpp,
 )
+from pathgen_dagster.lib.selection.morphology import MorphologyEncoder
 
 # Claims whose truth depends on the physical scale of the field.
 SCALE_CLAIMS = re.compile(

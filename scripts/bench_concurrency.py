@@ -1,0 +1,99 @@
+"""Slides per hour with one slide at a time and with the profile's slides at once, in one run.
+
+    python scripts/bench_concurrency.py LANDING [--jobs N] [--select SELECTION]
+
+Runs ``pathgen run`` over every slide in ``LANDING`` twice, each time into a fresh
+lakehouse and instance with the profile's pool limits (``deploy/set_pools.sh``): first with
+``--jobs 1`` (one slide after another, as ``pathgen run`` did before it ran slides at
+once), then with ``--jobs N`` (default: ``pathgen profile``'s slides at once). Prints wall
+seconds, CPU seconds of every process the command started (``os.wait4`` of the command:
+its children and theirs), CPU utilisation (CPU / wall: 200 % is two cores busy all the
+time) and slides per hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_all(landing: Path, work: Path, jobs: int, select: str) -> tuple[float, float, int]:
+    """(wall s, CPU s, slides) of one ``pathgen run --jobs JOBS`` over a fresh instance."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PATHGEN_LANDING": str(landing),
+        "PATHGEN_LAKEHOUSE": str(work / "lakehouse"),
+        "DAGSTER_HOME": str(work / "dagster_home"),
+        "PYTHONPATH": str(ROOT),
+    }
+    bin_dir = Path(sys.executable).parent
+    with open(work / "commands.log", "w") as log:
+        pathgen = [sys.executable, "-m", "pathgen_dagster.cli"]
+        subprocess.run([*pathgen, "register"], env=env, check=True, stdout=log, stderr=log, cwd=ROOT)
+        subprocess.run(
+            [str(ROOT / "deploy" / "set_pools.sh")],
+            env={**env, "DAGSTER": str(bin_dir / "dagster")},
+            check=True,
+            stdout=log,
+            stderr=log,
+        )
+        slides = _slides(work / "dagster_home")
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [*pathgen, "run", "--jobs", str(jobs), "--select", select, "--allow-failures"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"pathgen run --jobs {jobs} failed: see {log.name}")
+        return wall, usage.ru_utime + usage.ru_stime, slides
+
+
+def _slides(dagster_home: Path) -> int:
+    import dagster as dg
+
+    from pathgen_dagster.partitions import SLIDES_PARTITION
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        return len(instance.get_dynamic_partitions(SLIDES_PARTITION))
+
+
+def main() -> int:
+    from pathgen_dagster.profiles import machine_profile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("landing", type=Path)
+    parser.add_argument("--jobs", type=int, default=machine_profile().slides_at_once)
+    parser.add_argument("--select", default="*")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-concurrency")
+    args = parser.parse_args()
+    print(machine_profile().describe())
+    rows = []
+    for jobs in (1, args.jobs):
+        wall, cpu, slides = run_all(args.landing.resolve(), args.work / f"jobs-{jobs}", jobs, args.select)
+        rows.append((jobs, wall, cpu, slides))
+        print(
+            f"--jobs {jobs}: {slides} slides in {wall:.1f} s wall, {cpu:.1f} s CPU, "
+            f"utilisation {cpu / wall:.0%}, {slides * 3600 / wall:.1f} slides/hour",
+            flush=True,
+        )
+    (_, wall_1, _, _), (_, wall_n, _, _) = rows
+    print(f"slides per hour, --jobs {args.jobs} / --jobs 1: {wall_1 / wall_n:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Per-stage cost of one slide, slides -> training_pairs, against a baseline tree, and the diff.
+
+    python scripts/bench_pipeline.py [--baseline REF] [--slide PATH] [--work DIR]
+
+Runs every per-slide stage as its own ``pathgen run --select STAGE --in-process`` command on
+one slide (default: the benchmark slide of ``pathgen samples --large``, 80k x 60k at 40x,
+written under ``--work`` when missing) and prints wall seconds, CPU seconds (user + system
+of the child, ``os.wait4``: other load on the machine does not inflate it), peak RSS and the
+rows each stage wrote. A ``start-up`` row is the same command selecting nothing: what each
+stage's command pays before any work (imports, definitions, instance). The stage rows
+include it, so ``stage CPU - start-up CPU`` is the work.
+
+With ``--baseline REF`` the same stages run from a worktree of ``REF`` into a lakehouse of
+their own, stage by stage alternating with this tree, and the tables both wrote are
+compared row by row on every column but run ids, timestamps and latencies: "identical"
+means the same row ids, captions, verdicts and numbers, to the bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = (
+    "slides",
+    "tiles",
+    "patch_embeddings",
+    "patches",
+    "descriptions",
+    "revised_descriptions",
+    "captions",
+    "caption_quality",
+    "training_pairs",
+)
+VOLATILE_SUFFIXES = ("run_id", "_at", "latency_s")
+
+
+def run(command: list[str], tree: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MiB) of ``command`` run from ``tree``."""
+    started = time.perf_counter()
+    with open(Path(env["PATHGEN_LAKEHOUSE"]).parent / "commands.log", "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(
+            command, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, stdout=log, stderr=log
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed in {tree}: see {log.name}")
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def prepare(tree: Path, work: Path, slide: Path) -> dict[str, str]:
+    """A landing zone holding ``slide``, a lakehouse and an instance for ``tree``."""
+    shutil.rmtree(work, ignore_errors=True)
+    landing = work / "landing"
+    landing.mkdir(parents=True)
+    (landing / slide.name).symlink_to(slide.resolve())
+    (landing / "manifest.csv").write_text(f"file_name,tissue_site\n{slide.name},generic\n")
+    env = {
+        **os.environ,
+        "PATHGEN_LANDING": str(landing),
+        "PATHGEN_LAKEHOUSE": str(work / "lakehouse"),
+        "DAGSTER_HOME": str(work / "dagster_home"),
+        "PATHGEN_ALLOWED_LINK_ROOTS": str(slide.resolve().parent),
+    }
+    run([sys.executable, "-m", "pathgen_dagster.cli", "register"], tree, env)
+    return env
+
+
+def rows(env: dict[str, str], table: str, slide_id: str) -> pl.DataFrame:
+    path = Path(env["PATHGEN_LAKEHOUSE"]) / table
+    if not path.exists():
+        return pl.DataFrame()
+    frame = pl.read_delta(str(path))
+    return frame.filter(pl.col("slide_id") == slide_id) if "slide_id" in frame.columns else frame
+
+
+def compare(base: pl.DataFrame, new: pl.DataFrame) -> str:
+    """'identical', or which columns differ and in how many rows."""
+    if base.columns != new.columns:
+        return f"columns differ: {sorted(set(base.columns) ^ set(new.columns))}"
+    if len(base) != len(new):
+        return f"{len(base)} rows vs {len(new)}"
+    keep = [c for c in base.columns if not c.endswith(VOLATILE_SUFFIXES)]
+    key = [c for c in ("patch_id", "tile_id", "pair_id", "slide_id") if c in keep][:1] or keep[:1]
+    base, new = base.select(keep).sort(key), new.select(keep).sort(key)
+    differing = []
+    for column in keep:
+        a, b = base[column], new[column]
+        if a.dtype.is_nested():  # lists of floats (embeddings): equal hashes, NaN included
+            a, b = a.hash(), b.hash()
+        same = (a == b) | (a.is_null() & b.is_null())
+        count = int((~same.fill_null(False)).sum())
+        if count:
+            differing.append(f"{column} ({count} rows)")
+    return "identical" if not differing else "differs: " + ", ".join(differing)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="git ref to compare against (a worktree is made)")
+    parser.add_argument("--slide", type=Path, help="slide file (default: the benchmark slide)")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
+    args = parser.parse_args()
+    slide = args.slide
+    if slide is None:
+        from pathgen_dagster.lib.ingest.samples import BENCHMARK_SLIDE, build_benchmark_slide
+
+        slide = args.work / "slide" / BENCHMARK_SLIDE.file_name
+        if not slide.exists():
+            print(f"writing the benchmark slide {slide} (a few minutes, once)")
+            build_benchmark_slide(slide.parent)
+    trees = {"this tree": ROOT}
+    if args.baseline:
+        baseline = Path(tempfile.mkdtemp(prefix="pathgen-baseline-"))
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline), args.baseline],
+            check=True,
+        )
+        trees = {"baseline": baseline, **trees}
+    try:
+        envs = {
+            name: prepare(tree, args.work / name.replace(" ", "_"), slide)
+            for name, tree in trees.items()
+        }
+        slide_id = slide.stem
+        results = []
+        command = [sys.executable, "-m", "pathgen_dagster.cli", "run", "--in-process", "--slide", slide_id]
+        start_up = [sys.executable, "-c", "from pathgen_dagster.definitions import defs; "
+                    "defs().resolve_implicit_global_asset_job_def()"]
+        for stage in ("start-up", *STAGES):
+            for name, tree in trees.items():
+                stage_command = start_up if stage == "start-up" else [*command, "--select", stage]
+                wall, cpu, rss = run(stage_command, tree, envs[name])
+                written = 0 if stage == "start-up" else len(rows(envs[name], stage, slide_id))
+                results.append({"stage": stage, "tree": name, "wall_s": wall, "cpu_s": cpu,
+                                "peak_rss_mib": rss, "rows": written})
+                print(f"{stage:<22}{name:<11}{wall:>8.1f} s wall{cpu:>8.1f} s CPU{rss:>7.0f} MiB"
+                      f"{written:>7} rows", flush=True)
+        table = pl.DataFrame(results)
+        print(f"\nslide {slide.name}: per-stage cost (CPU includes each command's start-up)")
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=1, tbl_width_chars=200):
+            print(table)
+            work = table.filter(pl.col("stage") != "start-up")
+            print(work.group_by("tree", maintain_order=True).agg(
+                pl.col("cpu_s").sum().alias("total CPU s"),
+                pl.col("wall_s").sum().alias("total wall s"),
+                pl.col("peak_rss_mib").max().alias("max peak RSS MiB"),
+            ))
+        if args.baseline:
+            totals = work.group_by("tree").agg(pl.col("cpu_s").sum())
+            cpu = dict(zip(totals["tree"], totals["cpu_s"], strict=True))
+            print(f"CPU ratio this tree / baseline: {cpu['this tree'] / cpu['baseline']:.2f}")
+            print("\noutputs, this tree vs baseline:")
+            for stage in STAGES:
+                base, new = (rows(envs[name], stage, slide_id) for name in ("baseline", "this tree"))
+                verdict = compare(base, new)
+                print(f"  {stage:<22}{verdict}")
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["baseline"])])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
