@@ -219,9 +219,11 @@ def test_graphql_backfill_holds_every_pool_to_its_limit(server, site, max_concur
 
     assert state["status"] in ("COMPLETED_SUCCESS", "COMPLETED_FAILED"), state
     assert not outcome.unexpected_failures(), outcome.unexpected_failures()
-    # The limit was reached: read from the steps' own start/end events, since a tiles step
-    # holds its slot for about a second and polling the slot count can miss the overlap ...
-    assert steps_at_once["tile_readers"] == limits["tile_readers"]
+    # The limit was reached: seen either in the steps' own start/end events or in the slot
+    # claims the poll saw (a tiles step holds its slot for about a second: its events can
+    # miss an overlap the claims show, and the 0.5 s poll can miss one the events show) ...
+    reached = max(steps_at_once["tile_readers"], most_claimed["tile_readers"])
+    assert reached == limits["tile_readers"], (steps_at_once, most_claimed)
     for stage in ("slides", "tiles", pipeline.final):  # ... and every slide got through
         assert sorted(outcome.materialized[stage]) == SAMPLE_IDS, stage
     rows = Lakehouse(root=str(site.lakehouse)).read(pipeline.final)
