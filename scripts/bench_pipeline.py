@@ -23,11 +23,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
+from baseline_trees import compared_trees
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (
@@ -120,15 +120,7 @@ def main() -> int:
         if not slide.exists():
             print(f"writing the benchmark slide {slide} (a few minutes, once)")
             build_benchmark_slide(slide.parent)
-    trees = {"this tree": ROOT}
-    if args.baseline:
-        baseline = Path(tempfile.mkdtemp(prefix="pathgen-baseline-"))
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline), args.baseline],
-            check=True,
-        )
-        trees = {"baseline": baseline, **trees}
-    try:
+    with compared_trees(ROOT, args.baseline) as trees:
         envs = {
             name: prepare(tree, args.work / name.replace(" ", "_"), slide)
             for name, tree in trees.items()
@@ -166,9 +158,6 @@ def main() -> int:
                 base, new = (rows(envs[name], stage, slide_id) for name in ("baseline", "this tree"))
                 verdict = compare(base, new)
                 print(f"  {stage:<22}{verdict}")
-    finally:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["baseline"])])
     return 0
 
 

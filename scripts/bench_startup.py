@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from baseline_trees import compared_trees
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
@@ -45,15 +45,7 @@ def main() -> int:
     parser.add_argument("--baseline", help="git ref to compare against")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    trees = {"this tree": ROOT}
-    if args.baseline:
-        baseline = Path(tempfile.mkdtemp(prefix="pathgen-baseline-"))
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline), args.baseline],
-            check=True,
-        )
-        trees = {"baseline": baseline, **trees}
-    try:
+    with compared_trees(ROOT, args.baseline) as trees:
         print(f"{' vs '.join(trees)}, {args.repeat} runs each, medians")
         print(f"{'command':<26} {'tree':<10} {'CPU s':>7} {'wall s':>7} {'RSS MiB':>8}")
         for name, command in COMMANDS.items():
@@ -71,10 +63,6 @@ def main() -> int:
                 base, new = medians["baseline"], medians["this tree"]
                 print(f"{name:<26} {'ratio':<10} {new[0] / base[0]:>7.2f} {new[1] / base[1]:>7.2f}"
                       f" {new[2] / base[2]:>8.2f}")
-    finally:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)])
-            shutil.rmtree(baseline, ignore_errors=True)
     return 0
 
 
