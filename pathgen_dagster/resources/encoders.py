@@ -110,7 +110,8 @@ class Encoders(dg.ConfigurableResource):
         """The tiles' side of prompt retrieval: CLIP image embeddings, or the MiniLM
         embeddings of their measured-morphology sentences in the default mode.
 
-        Every sentence is encoded, repeats included (3849 tiles, 133 kept: 65 CPU s).
+        Every sentence is encoded, repeats included (the first benchmark slide: 3849 tiles,
+        133 kept: 65 CPU s).
         Encoding each distinct sentence once is 4.3x cheaper, but MiniLM's output moves in
         the last bits with the padding of the batch a sentence sits in, and tiles with the
         same sentence tie on score: the ties then break by tile index instead of by that

