@@ -7,14 +7,17 @@ Two corpora, measured by the morphology encoder and captioned by the default cha
   tiatoolbox's carcinoma image (0.25 um/px) at an 82 px stride (overlapping: many patches);
 * ``large``: 672 px tissue tiles, at half-tile strides, of the sample zone's 40x multi-tissue slide
   (``synthetic-aperio-40x.svs``: 12 islands of real skin and carcinoma, 0.25 um/px),
-  composed in memory exactly as ``pathgen samples`` writes it.
+  composed in memory exactly as ``pathgen samples`` writes it;
+* ``--slide PATH`` (optional): N tissue tiles drawn at random from the project's own tile grid
+  of any slide OpenSlide reads, at the slide's recorded mpp (e.g. the 80k x 60k benchmark
+  slide of ``pathgen samples --large``, 2,518 tissue tiles).
 
 Printed per corpus: distinct captions / captions, distinct content words, sentence
 skeletons (content words replaced by X), the share of captions each of the ten most
 common 4-word phrases appears in; then the number of distinct captions the verbaliser
 can produce (fact combinations x wording choices), against the 1,944 of the old one.
 
-    .venv/bin/python scripts/caption_diversity.py [--large-tiles 260]
+    .venv/bin/python scripts/caption_diversity.py [--large-tiles 300] [--slide PATH --slide-tiles 400]
 """
 
 from __future__ import annotations
@@ -29,11 +32,9 @@ from collections import Counter
 import numpy as np
 import openslide
 import torch
-from PIL import Image
 
 from pathgen_dagster.lib.captions import verbalize as v
-from pathgen_dagster.lib.ingest import samples
-from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
+from pathgen_dagster.lib.ingest import samples, tiling, wsi
 from pathgen_dagster.lib.selection.facts import BANDS, EVIDENCE_BANDS
 from pathgen_dagster.lib.selection.morphology import measure
 
@@ -63,24 +64,19 @@ def grid(image: np.ndarray, stride: int) -> list[tuple[int, int]]:
 
 
 def demo_tiles() -> list[tuple[str, np.ndarray, float]]:
-    with openslide.OpenSlide(str(fetch(CMU_SMALL_REGION))) as slide:
-        cmu = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    target = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET)).convert("RGB"))
+    cmu, target = samples.real_sources()
     out = []
-    for name, image, mpp, stride in (("cmu", cmu, 0.499, 112), ("target", target, 0.25, 82)):
-        for x, y in grid(image, stride):
-            tile = image[y : y + TILE, x : x + TILE]
+    for name, source, stride in (("cmu", cmu, 112), ("target", target, 82)):
+        for x, y in grid(source.rgb, stride):
+            tile = source.rgb[y : y + TILE, x : x + TILE]
             if tissue_share(tile) >= 0.5:
-                out.append((f"{name}_{x}_{y}", np.ascontiguousarray(tile), mpp))
+                out.append((f"{name}_{x}_{y}", np.ascontiguousarray(tile), source.mpp))
     return out
 
 
 def large_tiles(limit: int) -> list[tuple[str, np.ndarray, float]]:
     recipe = samples.SYNTHETIC_SLIDES[0]
-    with openslide.OpenSlide(str(fetch(CMU_SMALL_REGION))) as slide:
-        cmu = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    target = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET)).convert("RGB"))
-    islands = samples.place_islands(recipe, (cmu, target))
+    islands = samples.place_islands(recipe, samples.real_sources())
     out = []
     for island in islands:
         h, w = island.alpha.shape[:2]
@@ -92,6 +88,18 @@ def large_tiles(limit: int) -> list[tuple[str, np.ndarray, float]]:
     rng = np.random.default_rng(0)
     keep = sorted(rng.choice(len(out), size=min(limit, len(out)), replace=False))
     return [out[i] for i in keep]
+
+
+def slide_tiles(path: str, limit: int) -> list[tuple[str, np.ndarray, float]]:
+    mpp = wsi.inspect(path).mpp_x
+    if mpp is None:
+        raise SystemExit(f"{path}: the slide records no mpp; this benchmark needs one")
+    with openslide.OpenSlide(path) as slide:
+        grid, _ = tiling.tile_grid(slide, tiling.TilingConfig(), mpp)
+        keep = sorted(np.random.default_rng(0).choice(len(grid), min(limit, len(grid)), replace=False))
+        xs, ys = [int(grid.xs[i]) for i in keep], [int(grid.ys[i]) for i in keep]
+        tiles = wsi.read_tiles(slide, xs, ys, grid.size_px)
+    return [(f"slide_{x}_{y}", tile, mpp) for x, y, tile in zip(xs, ys, tiles, strict=True)]
 
 
 def caption_tiles(tiles: list[tuple[str, np.ndarray, float]]) -> tuple[list[str], float]:
@@ -147,10 +155,15 @@ def capacity() -> None:
             choices = (
                 len(v._FRAMES)
                 * min(len(v._ORDERS), math.factorial(min(3, n_items)))
-                * len(v._CELLULAR_ADJECTIVES[said["cellularity"]])
+                * (
+                    len(v._CELLULAR_ADJECTIVES[said["cellularity"]])
+                    + len(v._CELLULARITY_NOUNS[said["cellularity"]])
+                )
                 * len(v._SIZES[said["nuclear_size"]])
-                * len(v._PLEOMORPHISM[said["pleomorphism"]])
-                * 2  # nuclei templates
+                * (
+                    len(v._PLEOMORPHISM[said["pleomorphism"]])
+                    + len(v._PLEOMORPHIC_ADVERBS[said["pleomorphism"]])
+                )
                 * len(v._STROMA_PHRASES[said["stroma"]])
                 * len(v._SPACES_PHRASES[said["lumen_or_fat"]])
                 * (len(v._INFLAMMATION_PHRASES[said["inflammation_hint"]]))
@@ -160,8 +173,11 @@ def capacity() -> None:
                     if p
                 )
             )
-            total += choices
-    print(f"\n== capacity (site unknown): {len(combos)} band combinations x {len(finding_sets)} finding sets")
+            total += choices * sum(len(sentences) for _, sentences in v._COVERAGE_SENTENCES)
+    print(
+        f"\n== capacity (site unknown): {len(combos)} band combinations x {len(finding_sets)} "
+        f"finding sets x {len(v._COVERAGE_SENTENCES)} coverage bands"
+    )
     print(f"upper bound of distinct captions: {total:,} (old verbaliser: 1,944)")
 
 
@@ -180,6 +196,8 @@ def empirical_capacity(tiles_facts: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large-tiles", type=int, default=300)
+    parser.add_argument("--slide", help="also caption tissue tiles of this slide")
+    parser.add_argument("--slide-tiles", type=int, default=400)
     args = parser.parse_args()
     torch.set_num_threads(1)
     demo = demo_tiles()
@@ -188,8 +206,14 @@ def main() -> None:
     large = large_tiles(args.large_tiles)
     large_captions, large_cpu = caption_tiles(large)
     report(f"large 40x multi-tissue slide ({len(large)} tissue tiles)", large_captions, large_cpu)
-    both = (captions + large_captions)[:500]
-    report("first 500 captions of both", both, cpu + large_cpu)
+    corpus, corpus_cpu = captions + large_captions, cpu + large_cpu
+    if args.slide:
+        tiles = slide_tiles(args.slide, args.slide_tiles)
+        slide_captions, slide_cpu = caption_tiles(tiles)
+        report(f"{args.slide} ({len(tiles)} random tissue tiles)", slide_captions, slide_cpu)
+        corpus, corpus_cpu = corpus + slide_captions, corpus_cpu + slide_cpu
+    first = corpus[:500]  # CPU: the corpus's mean per tile, for as many tiles
+    report(f"first 500 captions of all ({len(corpus)})", first, corpus_cpu * len(first) / len(corpus))
     sample = [measure(t[None], mpp)[0][0] for _, t, mpp in demo[:: max(1, len(demo) // 8)][:8]]
     capacity()
     empirical_capacity(sample)

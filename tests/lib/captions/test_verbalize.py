@@ -120,8 +120,13 @@ def all_band_combinations() -> list[MorphologyFacts]:
     ]
 
 
-def collagen_shows(facts: MorphologyFacts) -> bool:
-    return facts.collagen_fraction >= SCANT_STROMA_MAX_COLLAGEN
+def stroma_unsaid(facts: MorphologyFacts) -> bool:
+    """No stroma amount where collagen contradicts it: scant beside collagen, or anything
+    short of abundant where the collagen detector finds collagen."""
+    collagen_found = expected_label(facts, "collagen") == findings.PRESENT
+    return (facts.stroma == "scant" and facts.collagen_fraction >= SCANT_STROMA_MAX_COLLAGEN) or (
+        facts.stroma != "abundant" and collagen_found
+    )
 
 
 def expected_label(facts: MorphologyFacts, claim: str) -> str:
@@ -196,7 +201,7 @@ def test_every_description_reads_back_as_exactly_what_was_measured():
                 unsaid = (
                     label == "none"
                     or (rule.claim in findings.VALIDATED and label == findings.ABSENT)
-                    or (rule.claim == "stroma" and label == "scant" and collagen_shows(facts))
+                    or (rule.claim == "stroma" and stroma_unsaid(facts))
                 )
                 if unsaid:
                     assert rule.claim not in said, text
@@ -452,8 +457,39 @@ def test_captions_vary_in_frame_and_wording():
     assert any("lung" in c or "pulmonary" in c for c in captions)
 
 
+def test_no_stroma_amount_short_of_abundant_is_said_where_collagen_is_found():
+    collagen = with_findings(with_bands(stroma="moderate"), {"collagen"})
+    abundant = with_findings(with_bands(stroma="abundant"), {"collagen"})
+    for k in range(10):
+        assert "stroma" not in bands_said(describe(collagen, tissue_site=None, seed=f"m{k}"))
+        assert bands_said(describe(collagen, tissue_site=None, seed=f"m{k}"))["collagen"]
+        assert bands_said(describe(abundant, tissue_site=None, seed=f"m{k}"))["stroma"] == {"abundant"}
+
+
 def test_scant_stroma_is_not_said_where_collagen_shows():
     facts = replace(with_bands(stroma="scant"), collagen_fraction=0.2)
     for k in range(10):
         text = describe(facts, tissue_site=None, seed=f"s{k}")
         assert "stroma" not in bands_said(text), text
+
+
+def test_every_caption_wording_reads_back_as_the_label_it_words():
+    from pathgen_dagster.lib.captions import verbalize as v
+
+    tables = [
+        ("cellularity", v._CELLULAR_ADJECTIVES),
+        ("cellularity", v._CELLULARITY_NOUNS),
+        ("nuclear_size", {k: [f"{w} nuclei" for w in words] for k, words in v._SIZES.items()}),
+        ("pleomorphism", v._PLEOMORPHISM),
+        ("stroma", v._STROMA_PHRASES),
+        ("lumen_or_fat", v._SPACES_PHRASES),
+        ("inflammation_hint", v._INFLAMMATION_PHRASES),
+        *((name, {findings.PRESENT: words}) for name, words in v._FINDING_PHRASES.items()),
+    ]
+    for claim, by_label in tables:
+        for label, wordings in by_label.items():
+            for wording in wordings:
+                assert bands_said(f"Tissue with {wording}.") == {claim: {label}}, wording
+    for _, sentences in v._COVERAGE_SENTENCES:  # how much of the field is tissue: no band
+        for sentence in sentences:
+            assert bands_said(sentence) == {}, sentence
