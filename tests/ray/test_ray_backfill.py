@@ -12,8 +12,9 @@ of that node, SIGKILL: a lost machine). Then:
   it from the failed steps on the surviving node, and the slide completes;
 - every per-slide table holds exactly the rows a local `pathgen run` of the same slides
   wrote (same ids, same captions): nothing lost, nothing duplicated;
-- the `gpu` and `llm` pools (limit 1) held across runs on different nodes: no two steps of
-  a pool overlapped in time, while runs on the two nodes did.
+- the pools held across runs on different nodes, at the limits `deploy/set_pools.sh` set
+  from this machine's profile: never more steps of a pool at once than its limit (for `llm`,
+  limit 1, no two overlapped), while runs on the two nodes did.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from pathgen_dagster.profiles import machine_profile
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from scripts.ray.local_cluster import LocalRayCluster, pids_with
 from tests.ray.conftest import NODE_SECRETS
@@ -191,9 +193,15 @@ def test_backfill_on_ray_survives_a_lost_worker(
         killed_run = instance.get_run_by_id(killed["run_id"]) if killed else None
         killed_events = [e.message for e in instance.all_logs(killed["run_id"])] if killed else []
         retries = [r for r in runs if killed and r.tags.get("dagster/parent_run_id") == killed["run_id"]]
-        pools = {p: [s for s in spans if pipeline.pools.get(s.step_key) == p] for p in ("gpu", "llm")}
+        used_pools = sorted({pipeline.pools[s.step_key] for s in spans if s.step_key in pipeline.pools})
+        pools = {p: [s for s in spans if pipeline.pools.get(s.step_key) == p] for p in used_pools}
         limits = {pool: instance.event_log_storage.get_concurrency_info(pool).slot_count for pool in pools}
         blocked = {pool: len(blocked_messages(instance, pool)) for pool in pools}
+        failed_runs = {  # why each failed run failed: its last three log messages
+            run.run_id[:8]: [e.message for e in instance.all_logs(run.run_id)][-3:]
+            for run in runs
+            if run.status == dg.DagsterRunStatus.FAILURE
+        }
 
     report = {
         "backfill_seconds": round(seconds, 1),
@@ -203,6 +211,7 @@ def test_backfill_on_ray_survives_a_lost_worker(
                                   seen_nodes.get(run.run_id)] for run in runs},  # fmt: skip
         "killed": killed,
         "retries": [run.run_id[:8] for run in retries],
+        "failed_runs": failed_runs,
         "runs_at_once": most_at_once(run_spans),
         "pools": {
             pool: {"limit": limits[pool], "steps": len(found), "most_at_once": most_at_once(found),
@@ -232,11 +241,14 @@ def test_backfill_on_ray_survives_a_lost_worker(
     assert not outcome.unexpected_failures(), outcome.unexpected_failures()
     for name in ("slides", "tiles", "captions", "training_pairs"):
         assert sorted(outcome.materialized[name]) == SAMPLE_IDS, name
-    # Pools held across nodes: one gpu / llm step at a time, while two runs ran at once.
+    # Pools held across nodes at the profile's limits, while two runs ran at once: never more
+    # steps of a pool at once than its limit (llm: 1). Whether a step had to wait for a slot
+    # depends on timing, so it is reported (times_blocked), not required.
     assert report["runs_at_once"] == 2, report
+    assert "llm" in pools and limits["llm"] == 1, report
     for pool, found in pools.items():
-        assert limits[pool] == 1 and found, (pool, limits[pool])
-        assert most_at_once(found) == 1, (pool, found)
+        assert limits[pool] == machine_profile().pool_limits()[pool], (pool, limits[pool])
+        assert 1 <= most_at_once(found) <= limits[pool], (pool, found)
     # No secret travelled in a job's runtime environment or entrypoint (Ray shows both).
     secrets = [s3_server.secret_access_key, pg_env["PATHGEN_PG_PASSWORD"]]
     for job in client.list_jobs():
@@ -249,7 +261,8 @@ def test_backfill_on_ray_survives_a_lost_worker(
     for table, (key, _) in COMPARED.items():
         expected, found = rows(local_run.lakehouse, table), rows(remote, table)
         assert found.height > 0, table
-        assert found.select(["slide_id", key]).is_duplicated().sum() == 0, f"{table}: duplicated rows"
+        ids = found.select(list(dict.fromkeys(["slide_id", key])))
+        assert ids.is_duplicated().sum() == 0, f"{table}: duplicated rows"
         assert found.equals(expected), f"{table}: rows differ from the local run"
 
 
