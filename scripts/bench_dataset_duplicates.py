@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pathgen_dagster.lib.selection.morphology import MorphologyEncoder
+
 DIM = 43
 PER_SLIDE = 230
-THRESHOLD = 0.935  # MorphologyEncoder.dedup_threshold
+THRESHOLD = MorphologyEncoder.dedup_threshold
 
 
 def synthesize(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -123,8 +123,8 @@ def yield_slide(encoders: Encoders):
     from pathgen_dagster.lib.selection.prompts_library import PromptLibrary
     from pathgen_dagster.lib.selection.selection import DEFAULT_SELECTION, select, with_encoder_threshold
 
-    tiles, tissues, _ = yield_check.build()
-    embeddings, facts = encoders.embed_tiles(tiles, yield_check.MPP)
+    tiles, tissues, _, mpps = yield_check.build()
+    embeddings, facts = yield_check.embed(encoders, tiles, mpps)
     retrieval = encoders.retrieval_embeddings(embeddings, [facts_sentence(f) for f in facts])
     prompts = encoders.encode_texts(list(PromptLibrary.load().resolve("generic").prompts))
     cfg = with_encoder_threshold(DEFAULT_SELECTION, encoders.dedup_threshold)

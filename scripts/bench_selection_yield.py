@@ -20,9 +20,9 @@ from pathgen_dagster.resources.encoders import Encoders
 
 
 def run(thresholds: tuple[float, ...]) -> list[dict]:
-    tiles, tissues, groups = yield_check.build()
+    tiles, tissues, groups, mpps = yield_check.build()
     encoders = Encoders()
-    embeddings, facts = encoders.embed_tiles(tiles, yield_check.MPP)
+    embeddings, facts = yield_check.embed(encoders, tiles, mpps)
     retrieval = encoders.retrieval_embeddings(embeddings, [facts_sentence(f) for f in facts])
     prompts = encoders.encode_texts(list(PromptLibrary.load().resolve("generic").prompts))
     rows = []

@@ -17,26 +17,24 @@ from __future__ import annotations
 
 import io
 import sys
+from collections import Counter
 
 import numpy as np
-import openslide
 from PIL import Image
 
-from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
+from pathgen_dagster.lib.ingest.samples import real_sources
 from pathgen_dagster.lib.selection.morphology import MorphologyEncoder
 
 SIDE = 448  # 224 um at 0.5 um/px: a patch of PathGen's physical size scale (672 px at 40x / 1.5)
-MPP = 0.5
-SHIFT = 16  # 8 um
+SHIFT_UM = 8.0
 
 
-def crops(image: np.ndarray, box: tuple[int, int, int, int], stride: int) -> list[np.ndarray]:
-    x0, y0, x1, y1 = box
+def crops(image: np.ndarray, stride: int, pad: int) -> list[np.ndarray]:
     out = []
-    for y in range(y0, min(y1, image.shape[0]) - SIDE - SHIFT + 1, stride):
-        for x in range(x0, min(x1, image.shape[1]) - SIDE - SHIFT + 1, stride):
-            # SHIFT extra pixels, so the shifted copy is real neighbouring tissue.
-            tile = image[y : y + SIDE + SHIFT, x : x + SIDE + SHIFT]
+    for y in range(0, image.shape[0] - SIDE - pad + 1, stride):
+        for x in range(0, image.shape[1] - SIDE - pad + 1, stride):
+            # ``pad`` extra pixels, so the shifted copy is real neighbouring tissue.
+            tile = image[y : y + SIDE + pad, x : x + SIDE + pad]
             white = (tile.mean(axis=2) > 215).mean()
             if white < 0.8:
                 out.append(np.ascontiguousarray(tile))
@@ -49,35 +47,37 @@ def jpeg(tile: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def labelled_patches() -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
-    with openslide.OpenSlide(str(fetch(CMU_SMALL_REGION))) as slide:
-        cmu = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    target = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET)).convert("RGB"))
-    groups = {"skin": crops(cmu, (0, 0, cmu.shape[1], cmu.shape[0]), 150)}
-    groups["carcinoma"] = crops(target, (0, 0, 1000, 1000), 100)
-    return groups, {"cmu": cmu, "target": target}
+def labelled_patches() -> dict[str, tuple[np.ndarray, float, int]]:
+    """tissue -> (padded crops, their mpp, the 8 um shift in pixels). Each source is measured
+    at its own resolution: CMU's recorded 0.499 um/px, the target image's ~0.25 um/px (its
+    448 px patches are 112 um across)."""
+    cmu, target = real_sources()
+    groups = {}
+    for name, source, stride in (("skin", cmu, 150), ("carcinoma", target, 100)):
+        shift = round(SHIFT_UM / source.mpp)
+        groups[name] = (np.stack(crops(source.rgb, stride, shift)), source.mpp, shift)
+    return groups
 
 
 def calibrate(encoder: MorphologyEncoder) -> dict[str, object]:
-    groups, _ = labelled_patches()
-    names, tiles = [], []
-    for name, members in groups.items():
-        names += [name] * len(members)
-        tiles += members
-    padded = np.stack(tiles)
-    stack = np.ascontiguousarray(padded[:, :SIDE, :SIDE])
-    base, _ = encoder.embed(stack, MPP)
-    variants = {
-        "hflip": stack[:, :, ::-1],
-        "vflip": stack[:, ::-1],
-        "rot90": np.rot90(stack, axes=(1, 2)),
-        "shift_8um": padded[:, SHIFT:, SHIFT:],
-        "jpeg_q75": np.stack([jpeg(t, 75) for t in stack]),
-    }
-    positives = {}
-    for variant, pixels in variants.items():
-        emb, _ = encoder.embed(np.ascontiguousarray(pixels), MPP)
-        positives[variant] = np.sum(base * emb, axis=1)
+    names, bases, positives = [], [], {}
+    for name, (padded, mpp, shift) in labelled_patches().items():
+        stack = np.ascontiguousarray(padded[:, :SIDE, :SIDE])
+        base, _ = encoder.embed(stack, mpp)
+        variants = {
+            "hflip": stack[:, :, ::-1],
+            "vflip": stack[:, ::-1],
+            "rot90": np.rot90(stack, axes=(1, 2)),
+            "shift_8um": padded[:, shift : shift + SIDE, shift : shift + SIDE],
+            "jpeg_q75": np.stack([jpeg(t, 75) for t in stack]),
+        }
+        for variant, pixels in variants.items():
+            emb, _ = encoder.embed(np.ascontiguousarray(pixels), mpp)
+            positives.setdefault(variant, []).append(np.sum(base * emb, axis=1))
+        names += [name] * len(stack)
+        bases.append(base)
+    base = np.concatenate(bases)
+    positives = {variant: np.concatenate(parts) for variant, parts in positives.items()}
     cosine = base @ base.T
     labels = np.array(names)
     upper = np.triu(np.ones_like(cosine, dtype=bool), 1)
@@ -90,7 +90,7 @@ def calibrate(encoder: MorphologyEncoder) -> dict[str, object]:
     # the 5th percentile of the positives, never below the different-tissue pairs.
     recommended = max(float(np.floor(np.quantile(all_pos, 0.05) * 1000) / 1000), float(negatives.max()))
     return {
-        "patches": {name: len(m) for name, m in groups.items()},
+        "patches": dict(Counter(names)),
         "positives": {k: (float(v.min()), float(np.median(v))) for k, v in positives.items()},
         "negatives_different_tissue": (
             float(np.median(negatives)),

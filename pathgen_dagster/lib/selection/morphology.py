@@ -812,12 +812,14 @@ class MorphologyEncoder:
 
     encoder_id = "morphology-v2"
     # Near-duplicate cosine of THIS embedding, measured by scripts/calibrate_dedup.py on
-    # 127 CMU skin and 36 tiatoolbox carcinoma patches (448 px at 0.5 um/px): the 5th
-    # percentile of re-scan copies (flips 1.000, 8 um shifts median 0.987, JPEG q75 median
-    # 0.978) is 0.935; different-tissue pairs reach at most 0.612; 3.6 % of pairs of
-    # distinct fields of one tissue score above it. PathGen's 0.88 belongs to CLIP
-    # features: on this vector it merges distinct fields of one tissue (issue 10).
-    dedup_threshold = 0.935
+    # 127 CMU skin patches (448 px at 0.499 um/px) and 36 tiatoolbox carcinoma patches
+    # (448 px at its ~0.25 um/px): the 5th percentile of re-scan copies (flips 1.000, 8 um
+    # shifts median 0.986, JPEG q75 median 0.978) is 0.929; different-tissue pairs reach at
+    # most 0.722; 3.3 % of pairs of distinct fields of one tissue score above it. (0.935
+    # until the carcinoma was measured at its own scale, not as 0.5 um/px.) PathGen's 0.88
+    # belongs to CLIP features: on this vector it merges distinct fields of one tissue
+    # (issue 10).
+    dedup_threshold = 0.929
     dim = DESCRIPTOR_DIM
 
     def __init__(

@@ -8,6 +8,10 @@ collagen) and the whole tiatoolbox carcinoma image (16 fields), each present six
 a scanner could repeat it (as is, rotated, flipped both ways, shifted by 12 um into real
 neighbouring tissue, JPEG re-encoded), as the sample slides repeat their islands. A good
 selection keeps about one of each group of copies and all three tissues.
+
+Every tile is measured at its own source's resolution (:func:`embed`): the CMU fields at
+the slide's recorded 0.499 um/px (112 um across), the carcinoma fields at the target
+image's ~0.25 um/px (56 um across; that image holds only four 112 um fields).
 """
 
 from __future__ import annotations
@@ -15,14 +19,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import openslide
 from PIL import Image
 
-from pathgen_dagster.lib.ingest.sources import CMU_SMALL_REGION, TIATOOLBOX_TARGET, fetch
+from pathgen_dagster.lib.ingest.samples import Source, real_sources
 
 TILE = 224
-SHIFT = 24  # 12 um at 0.5 um/px
-MPP = 0.5
+SHIFT_UM = 12.0
 # (row, column) of 224 px grid cells of CMU-1-Small-Region, named by looking at the grid.
 EPIDERMIS = (
     (3, 5),
@@ -65,11 +67,13 @@ def _jpeg(tile: np.ndarray, quality: int = 80) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def _copies(image: np.ndarray, y: int, x: int) -> list[np.ndarray]:
+def _copies(source: Source, y: int, x: int) -> list[np.ndarray]:
+    image = source.rgb
     tile = image[y : y + TILE, x : x + TILE]
     # Shift into the neighbouring tissue, away from the image edge.
-    dy = SHIFT if y + TILE + SHIFT <= image.shape[0] else -SHIFT
-    dx = SHIFT if x + TILE + SHIFT <= image.shape[1] else -SHIFT
+    shift = round(SHIFT_UM / source.mpp)
+    dy = shift if y + TILE + shift <= image.shape[0] else -shift
+    dx = shift if x + TILE + shift <= image.shape[1] else -shift
     return [
         tile,
         np.rot90(tile),
@@ -80,19 +84,34 @@ def _copies(image: np.ndarray, y: int, x: int) -> list[np.ndarray]:
     ]
 
 
-def build() -> tuple[np.ndarray, list[str], list[int]]:
-    """(N x 224 x 224 x 3 tiles, tissue of each, distinct field of each), N = 264."""
-    with openslide.OpenSlide(str(fetch(CMU_SMALL_REGION))) as slide:
-        cmu = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    target = np.asarray(Image.open(fetch(TIATOOLBOX_TARGET)).convert("RGB"))
+def build() -> tuple[np.ndarray, list[str], list[int], list[float]]:
+    """(N x 224 x 224 x 3 tiles, tissue of each, distinct field of each, mpp of each), N = 264."""
+    cmu, target = real_sources()
     fields = [("epidermis", cmu, r * TILE, c * TILE) for r, c in EPIDERMIS]
     fields += [("dermis", cmu, r * TILE, c * TILE) for r, c in DERMIS]
-    step = (target.shape[0] - TILE) // 3
+    step = (target.rgb.shape[0] - TILE) // 3
     fields += [("carcinoma", target, r * step, c * step) for r in range(4) for c in range(4)]
-    tiles, tissues, groups = [], [], []
-    for index, (tissue, image, y, x) in enumerate(fields):
-        for copy in _copies(image, y, x):
+    tiles, tissues, groups, mpps = [], [], [], []
+    for index, (tissue, source, y, x) in enumerate(fields):
+        for copy in _copies(source, y, x):
             tiles.append(np.ascontiguousarray(copy))
             tissues.append(tissue)
             groups.append(index)
-    return np.stack(tiles), tissues, groups
+            mpps.append(source.mpp)
+    return np.stack(tiles), tissues, groups, mpps
+
+
+def embed(encoders, tiles: np.ndarray, mpps: list[float]) -> tuple[np.ndarray, list]:
+    """``encoders.embed_tiles`` of every tile at its own mpp, in the tiles' order (an
+    embedding row depends on its own tile only)."""
+    mpps = np.asarray(mpps)
+    embeddings, facts = None, [None] * len(tiles)
+    for mpp in np.unique(mpps):
+        where = np.flatnonzero(mpps == mpp)
+        rows, measured = encoders.embed_tiles(tiles[where], float(mpp))
+        if embeddings is None:
+            embeddings = np.empty((len(tiles), rows.shape[1]), rows.dtype)
+        embeddings[where] = rows
+        for i, f in zip(where.tolist(), measured, strict=True):
+            facts[i] = f
+    return embeddings, facts
