@@ -36,6 +36,7 @@ from pathgen_dagster.lib.captions.llm import ChatClient, ChatRequest, ChatResult
 from pathgen_dagster.lib.captions.screening import screen_output
 from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, get_tokenizer
 from pathgen_dagster.lib.quality.evidence import Evidence
+from pathgen_dagster.lib.selection import findings
 from pathgen_dagster.lib.selection.facts import MorphologyFacts
 
 AgentName = Literal["description", "revision", "summary"]
@@ -157,7 +158,13 @@ def facts_block(facts: MorphologyFacts) -> str:
             f"mean area {facts.nuclear_area_mean_um2:.0f} um2",
             f"- nuclear pleomorphism: {facts.pleomorphism}",
             f"- stroma: {facts.stroma}; lumen or fat spaces: {facts.lumen_or_fat}",
-            f"- small round lymphocyte-like nuclei: {facts.inflammation_hint}",
+            # Bands that failed the labelled set (inflammation_hint) are not shown: a model
+            # would word them, and the fidelity rules count that as unsupported.
+            *(
+                [f"- small round lymphocyte-like nuclei: {facts.inflammation_hint}"]
+                if "inflammation_hint" not in findings.UNVALIDATED_BANDS
+                else []
+            ),
         ]
     )
 

@@ -311,6 +311,11 @@ CLAIM_RULES = CLAIM_RULES + _FINDING_RULES
 RULES_BY_CLAIM = {rule.claim: rule for rule in CLAIM_RULES}
 
 
+def _worded(claim: str) -> bool:
+    """Whether the backend may write the band or finding (not a band that failed the labels)."""
+    return claim not in findings.UNVALIDATED_BANDS
+
+
 def _label(facts: MorphologyFacts, claim: str) -> str:
     """The facts' label for a band or a finding ('present' / 'absent' / 'unknown')."""
     detector = findings.DETECTORS_BY_NAME.get(claim)
@@ -410,6 +415,13 @@ def _verdict(claim: Claim, facts: MorphologyFacts) -> str | None:
         return None  # measured before the finding detectors existed: nothing to judge with
     rule = RULES_BY_CLAIM[claim.claim]
     subject = claim.claim.replace("_", " ")
+    if claim.claim in findings.UNVALIDATED_BANDS:  # its band failed the labelled set
+        if findings.BAND_FINDINGS[claim.claim][0] not in claim.labels:
+            return None  # a denial ("no inflammatory infiltrate") asserts nothing
+        return (
+            f"no validated measurement here can see {subject} (its band failed the labelled "
+            f"set) [{claim.claim}_unvalidated]"
+        )
     if not rule.assessable(facts):
         if not facts.scale_known and rule.assessable in (_has_nuclei, _has_scaled_tissue):
             why = "the slide's microns per pixel are unknown"
@@ -785,7 +797,7 @@ def _slot_sentences(
         return []
     if slot == "lumen":
         return [_pick(_LUMEN_SENTENCE[facts.lumen_or_fat], seed, slot)]
-    if slot == "inflammation" and _has_tissue(facts):
+    if slot == "inflammation" and _has_tissue(facts) and _worded("inflammation_hint"):
         if facts.inflammation_hint == "possible":
             return [_pick(_INFLAMMATION_SENTENCE, seed, slot)]
         if correcting:
@@ -904,7 +916,12 @@ def revise(draft: str, facts: MorphologyFacts, *, seed: str) -> tuple[str, list[
     mentioned = {c.claim for c in read_claims(" ".join(kept))}
     for rule in CLAIM_RULES:
         label = _label(facts, rule.claim)
-        if rule.claim in mentioned or label not in rule.salient or not rule.assessable(facts):
+        if (
+            rule.claim in mentioned
+            or label not in rule.salient
+            or not rule.assessable(facts)
+            or not _worded(rule.claim)
+        ):
             continue
         added = [
             s for s in _slot_sentences(_SLOT_OF_CLAIM[rule.claim], facts, seed) if s not in kept
@@ -977,7 +994,12 @@ def summarize(
     said: dict[str, str] = {}
     for claim in read_claims(description):
         label = _label(facts, claim.claim) if claim.claim in RULES_BY_CLAIM else None
-        if claim.claim not in said and label in claim.labels and _verdict(claim, facts) is None:
+        if (
+            claim.claim not in said
+            and _worded(claim.claim)
+            and label in claim.labels
+            and _verdict(claim, facts) is None
+        ):
             said[claim.claim] = label
     if tissue_site is None:
         site_key = _site_in(description)
@@ -1143,7 +1165,11 @@ def facts_sentence(facts: MorphologyFacts, tissue_site: str | None = None) -> st
             for name in _FINDING_SLOTS
             if RULES_BY_CLAIM[name].assessable(facts) and _label(facts, name) == findings.PRESENT
         ),
-        *([_INFLAMMATION_PHRASE[facts.inflammation_hint]] if facts.scale_known else []),
+        *(
+            [_INFLAMMATION_PHRASE[facts.inflammation_hint]]
+            if facts.scale_known and _worded("inflammation_hint")
+            else []
+        ),
         _SPACES_PHRASE[facts.lumen_or_fat],
     ]
     return f"H&E {site} with {', '.join(parts[:-1])} and {parts[-1]}."

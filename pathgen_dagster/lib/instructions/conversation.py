@@ -20,6 +20,7 @@ from pathgen_dagster.lib.instructions.questions import (
     conversation_question,
     pick,
 )
+from pathgen_dagster.lib.quality.fidelity import unsupported_claims
 from pathgen_dagster.lib.selection.facts import MorphologyFacts
 
 IMAGE_TOKEN = "<image>"
@@ -56,12 +57,18 @@ class ConversationPlan:
         ]
 
 
+def support_text(revised_description: str, facts: MorphologyFacts) -> str:
+    """Text that may support an answer: the revised description and the measured facts."""
+    return f"{revised_description} {verbalize.facts_sentence(facts)}"
+
+
 def topic_sentences(pair: PairInput, topic: str, used: frozenset[str] = frozenset()) -> tuple[list[str], str]:
     """Sentences that answer ``topic`` and where they come from.
 
     From the revised description when it speaks about the topic's bands (source
     ``revised_description``), else the verbaliser's sentence from the measured facts
-    (``measured_facts``); none when neither says anything (e.g. nuclei too few to judge).
+    (``measured_facts``) if the description or the facts support its every word (the
+    answers_faithful rule); none when neither says anything (e.g. nuclei too few to judge).
     Sentences about the topic alone are preferred to summaries of everything, and
     sentences in ``used`` (earlier answers) are not repeated.
     """
@@ -84,7 +91,11 @@ def topic_sentences(pair: PairInput, topic: str, used: frozenset[str] = frozense
     if described:
         return described[:1], "revised_description"
     measured = verbalize.describe(pair.facts, tissue_site=None, seed=f"{pair.patch_id}:{topic}")
-    return ranked(verbalize.split_sentences(measured))[:1], "measured_facts"
+    support = support_text(pair.revised_description, pair.facts)
+    answers = [
+        s for s in ranked(verbalize.split_sentences(measured)) if not unsupported_claims(s, support)
+    ]
+    return answers[:1], "measured_facts"
 
 
 def plan(pair: PairInput, *, min_turns: int = MIN_TURNS, max_turns: int = MAX_TURNS) -> ConversationPlan:

@@ -28,6 +28,7 @@ from pathgen_dagster.lib.instructions.conversation import (
     IMAGE_TOKEN,
     MAX_TURNS,
     MIN_TURNS,
+    support_text,
 )
 from pathgen_dagster.lib.instructions.multiple_choice import LETTERS, N_OPTIONS
 from pathgen_dagster.lib.quality.fidelity import grounding_contradictions, unsupported_claims
@@ -70,7 +71,7 @@ class Context:
     @property
     def support(self) -> str:
         """Text that may support an answer: the revised description and the measured facts."""
-        return f"{self.revised_description} {verbalize.facts_sentence(self.facts)}"
+        return support_text(self.revised_description, self.facts)
 
 
 Check = Callable[[Instruction, Context], str | None]

@@ -157,6 +157,30 @@ def findings_report(folder: Path = FOLDER) -> dict[str, dict[str, float | bool |
     return out
 
 
+def band_findings_report(folder: Path = FOLDER) -> dict[str, dict[str, float | bool | int]]:
+    """Per band of :data:`findings.BAND_FINDINGS`: its asserting label judged as a finding
+    against the field labels (positives, precision, recall, passed), by the same bar."""
+    crops, facts = load_fields(folder), measured_fields(folder)
+    bar = findings.VALIDATION_BAR
+    out: dict[str, dict[str, float | bool | int]] = {}
+    for band, (label, column) in findings.BAND_FINDINGS.items():
+        truth = np.array([c.findings[column] for c in crops])
+        predicted = np.array([getattr(f, band) == label for f in facts])
+        precision, recall = _precision_recall(predicted, truth)
+        out[band] = {
+            "positives": int(truth.sum()),
+            "called": int(predicted.sum()),
+            "precision": precision,
+            "recall": recall,
+            "passed": bool(
+                truth.sum() >= bar.min_positives
+                and precision >= bar.min_precision
+                and recall >= bar.min_recall
+            ),
+        }
+    return out
+
+
 def fit_edges(values: Sequence[float], labels: Sequence[str], order: Sequence[str]) -> tuple[float, float]:
     """The two cut points that put most ``values`` in their labelled band (ties: lower cuts)."""
     values, ranks = np.asarray(values, dtype=float), np.array([order.index(v) for v in labels])
@@ -219,7 +243,7 @@ if __name__ == "__main__":
     for key, value in report().items():
         print(f"{key:40s} {value}")
     print(f"\nfindings (bar: {findings.VALIDATION_BAR})")
-    for name, entry in findings_report().items():
+    for name, entry in [*findings_report().items(), *band_findings_report().items()]:
         figures = "  ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()
         )

@@ -140,6 +140,8 @@ _LEXICON_TERM = {"granuloma": "granulomas"}  # verbalize finding name -> lexicon
 # "comedonecrosis", "signet ring cells" -> mucin), a degree word on an infiltrate, and
 # stromal reactions in scant stroma. Overlapping reports are dropped, so a claim both
 # tables catch is reported once, with verbalize's reason.
+# (While the infiltrate band is in findings.UNVALIDATED_BANDS, verbalize reports every
+# asserted infiltrate itself, and the first rule finds nothing it does not.)
 GROUNDING_RULES: tuple[GroundingRule, ...] = (
     GroundingRule(
         "dense_infiltrate_in_low_cellularity",

@@ -129,6 +129,18 @@ DETECTORS_BY_NAME = {d.name: d for d in DETECTORS}
 # that this set is exactly the one the bar admits). Only these are ever worded.
 VALIDATED: frozenset[str] = frozenset({"keratin", "collagen", "ink"})
 
+# Bands that assert a finding, judged against the labels by the same bar: band -> (the
+# label that asserts it, the labels.csv column). inflammation_hint "possible" (>= 700
+# small, round, dark nuclei per mm2 of tissue) reads as a lymphocytic infiltrate; on the
+# 42 labelled fields 7 of its 9 calls had no lymphocyte cluster (precision 0.22, recall
+# 0.40), and the claim-by-claim review of demo captions found "possible infiltrate" on
+# scattered dark nuclei. A band outside VALIDATED_BANDS is measured and stored (it still
+# shapes the embedding and retrieval) but never worded, and text asserting it is
+# unsupported; test_calibration checks that VALIDATED_BANDS is exactly what the bar admits.
+BAND_FINDINGS: dict[str, tuple[str, str]] = {"inflammation_hint": ("possible", "lymphocyte_cluster")}
+VALIDATED_BANDS: frozenset[str] = frozenset()
+UNVALIDATED_BANDS: frozenset[str] = frozenset(BAND_FINDINGS) - VALIDATED_BANDS
+
 MEASURES: tuple[str, ...] = (
     "keratin_fraction",
     "collagen_fraction",

@@ -200,6 +200,7 @@ def test_every_description_reads_back_as_exactly_what_was_measured():
                 label = expected_label(facts, rule.claim)
                 unsaid = (
                     label == "none"
+                    or rule.claim in findings.UNVALIDATED_BANDS
                     or (rule.claim in findings.VALIDATED and label == findings.ABSENT)
                     or (rule.claim == "stroma" and stroma_unsaid(facts))
                 )
@@ -275,9 +276,13 @@ def test_contradictions_pass_what_the_facts_support_or_do_not_address():
     assert contradictions("Loose fibrous stroma with scattered small lymphocytes.", LOW) == []
     assert contradictions("No necrosis or haemorrhage is seen.", LOW) == []
     assert contradictions("Necrosis is not identified.", LOW) == []
-    assert contradictions("A dense lymphocytic infiltrate surrounds the glands.", HIGH) == []
-    phrase, reason = contradictions("A dense lymphocytic infiltrate is present.", LOW)[0]
-    assert phrase == "dense lymphocytic infiltrate" and "inflammation_hint" in reason
+    # The infiltrate band failed the labelled set: asserting one is unsupported whatever was
+    # measured; denying one asserts nothing.
+    assert contradictions("No lymphocytic infiltrate is seen.", HIGH) == []
+    for facts in (HIGH, LOW, with_bands(inflammation_hint="possible")):
+        ((phrase, reason),) = contradictions("A dense lymphocytic infiltrate is present.", facts)
+        assert phrase == "dense lymphocytic infiltrate"
+        assert reason.endswith("[inflammation_hint_unvalidated]")
 
 
 def test_claims_about_unassessable_bands_are_unsupported():
@@ -378,7 +383,7 @@ def test_facts_sentence_states_every_assessable_band_the_same_way_each_time():
         sentence = facts_sentence(facts, "lung")
         assert sentence == facts_sentence(facts, "lung") and sentence.endswith(".")
         assert contradictions(sentence, facts) == []
-        worded = [b for b in BANDS if b not in EVIDENCE_BANDS]
+        worded = [b for b in BANDS if b not in EVIDENCE_BANDS and b not in findings.UNVALIDATED_BANDS]
         present = {
             n: {findings.PRESENT}
             for n in findings.VALIDATED
@@ -389,15 +394,18 @@ def test_facts_sentence_states_every_assessable_band_the_same_way_each_time():
     assert set(bands_said(facts_sentence(empty, None))) == {"lumen_or_fat"}
 
 
-def test_revise_states_an_absent_infiltrate_when_correcting_a_claimed_one():
+def test_revise_deletes_a_claimed_infiltrate_and_never_adds_one():
+    # The infiltrate band failed the labelled set (findings.UNVALIDATED_BANDS): a claimed
+    # infiltrate is deleted whatever was measured, and none is stated or denied instead.
     draft = "Cells are closely packed. A dense lymphocytic infiltrate surrounds them."
-    revised, edits = revise(
-        draft, with_bands(cellularity="high", inflammation_hint="none"), seed="i"
-    )
-    (modify,) = [e for e in edits if e["op"] == "modify"]
-    assert modify["span"] == "A dense lymphocytic infiltrate surrounds them."
-    assert bands_said(modify["replacement"]) == {"inflammation_hint": {"none"}}
-    assert revised.startswith("Cells are closely packed.")
+    for hint in ("none", "possible"):
+        facts = with_bands(cellularity="high", inflammation_hint=hint)
+        revised, edits = revise(draft, facts, seed="i")
+        assert [(e["op"], e["span"]) for e in edits if "infiltrate" in e["span"]] == [
+            ("delete", "A dense lymphocytic infiltrate surrounds them.")
+        ]
+        assert "inflammation_hint" not in bands_said(revised)
+        assert revised.startswith("Cells are closely packed.")
 
 
 # --- the vocabulary of findings ---------------------------------------------------------

@@ -68,3 +68,20 @@ def test_findings_detectors_meet_the_bar_exactly_where_the_registry_says() -> No
     for entry in found.values():  # shipped thresholds are the fitted ones
         if "threshold_fitted" in entry:
             assert entry["threshold_shipped"] == pytest.approx(entry["threshold_fitted"], rel=0.05)
+
+
+def test_bands_that_assert_a_finding_are_worded_only_where_they_meet_the_bar() -> None:
+    from pathgen_dagster.lib.captions import verbalize
+    from pathgen_dagster.lib.selection import findings
+
+    found = calibration.band_findings_report()
+    assert set(found) == set(findings.BAND_FINDINGS)
+    assert {band for band, entry in found.items() if entry["passed"]} == findings.VALIDATED_BANDS
+    # The infiltrate band calls "possible" where most labelled fields show no lymphocyte
+    # cluster: it must stay unworded until a detector passes.
+    assert found["inflammation_hint"]["precision"] < findings.VALIDATION_BAR.min_precision
+    facts = calibration.measured_fields()
+    for f in facts:
+        text = verbalize.describe(f, tissue_site=None, seed="b")
+        text += " " + verbalize.summarize(text, f, seed="b")
+        assert all(c.claim not in findings.UNVALIDATED_BANDS for c in verbalize.read_claims(text)), text

@@ -91,7 +91,6 @@ HIGH_CELLULARITY = LOW_CELLULARITY | {
 }
 
 # Low cellularity, yet many of its few nuclei are lymphocyte-like.
-LOW_WITH_LYMPHOID = LOW_CELLULARITY | {"lymphoid_density_per_mm2": 900.0}
 
 
 def make_facts(measurements: dict) -> MorphologyFacts:
@@ -102,7 +101,6 @@ def make_facts(measurements: dict) -> MorphologyFacts:
 
 LOW = make_facts(LOW_CELLULARITY)
 HIGH = make_facts(HIGH_CELLULARITY)
-LOW_LYMPHOID = make_facts(LOW_WITH_LYMPHOID)
 
 DRAFT = (
     "The patch shows loose fibrous stroma with collagen bundles, scattered small lymphocytes "
@@ -364,9 +362,9 @@ CASES: list[tuple[str, str, dict, bool]] = [
     ),
     (
         "caption_grounded",
-        "dense infiltrate where it was measured",
+        "an infiltrate, whose band failed the labelled set",
         {"caption": "A dense lymphocytic infiltrate fills the stroma.", "facts": HIGH},
-        True,
+        False,
     ),
     (
         "caption_grounded",
@@ -533,12 +531,6 @@ def test_grounding_reports_each_claim_once_with_the_measured_condition() -> None
     ("text", "facts", "rule", "fine"),
     [
         # (claim, facts that contradict it, the extension rule, facts or text that do not)
-        (
-            "A dense lymphocytic infiltrate in stroma.",
-            LOW_LYMPHOID,
-            "dense_infiltrate_in_low_cellularity",
-            HIGH,
-        ),
         ("Stroma with increased cellularity.", LOW, "high_cellularity_synonym_in_low_band", HIGH),
         (
             "Sheets of cells with decreased cellularity.",
