@@ -509,14 +509,18 @@ _CELLULARITY = {
 }
 _COVERAGE_SENTENCES = (  # (lowest tissue fraction, sentences ending a caption)
     (0.9, ("Tissue fills the whole field.", "The tissue fills the frame edge to edge.",
-           "The section covers the entire frame.", "Tissue spans the full width of the view.")),
+           "The section covers the entire frame.", "Tissue spans the full width of the view.",
+           "Tissue extends across the entire image.", "The specimen fills the image completely.")),
     (0.6, ("Tissue covers most of the field.", "Most of the frame is occupied by tissue.",
            "The tissue takes up the greater part of the view.",
            "The larger part of the image shows tissue.",
-           "Tissue occupies the bulk of the patch.")),
+           "Tissue occupies the bulk of the patch.", "Tissue accounts for most of the image.",
+           "The section occupies much of the frame.")),
     (0.35, ("Tissue covers about half of the field.", "Roughly half of the frame holds tissue.",
-            "About half of the view is taken up by tissue.")),
-    (0.0, ("Tissue covers only part of the field.", "Only part of the frame holds tissue.")),
+            "About half of the view is taken up by tissue.",
+            "Around half of the patch is tissue.")),
+    (0.0, ("Tissue covers only part of the field.", "Only part of the frame holds tissue.",
+           "Tissue is confined to a limited part of the image.")),
 )
 _SIZE = {"small": "small", "medium": "medium-sized", "large": "large"}
 _SIZES = {
@@ -1118,10 +1122,18 @@ _FRAMES = (
     "Microscopy of {subject} that displays {listed}.",
     "{Listed} can be seen in {subject}.",
     "Image of {subject} including {listed}.",
+    "Light micrograph of {subject} with {listed}.",
+    "Detail of {subject} revealing {listed}.",
+    "Haematoxylin and eosin stained {subject} with {listed}.",
+    "Slide region of {subject} showing {listed}.",
+    "{Subject}; noted are {listed}.",
 )
 
 
-_NAMES_THE_IMAGE = re.compile(r"H&E|Photomicrograph|Microscop|image|section|view|Close-up|Field")
+_NAMES_THE_IMAGE = re.compile(
+    r"H&E|Haematoxylin|Photomicrograph|micrograph|Microscop|image|section|view|Close-up|Field"
+    r"|Detail|Slide"
+)
 
 
 def _caption(
