@@ -27,6 +27,7 @@ import pytest
 
 from pathgen_dagster import run_health
 from pathgen_dagster.definitions import MAX_CONCURRENT_STEPS
+from pathgen_dagster.lib.ingest.samples import SAMPLE_SLIDE_IDS
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from pathgen_dagster.sensors import (
@@ -51,12 +52,7 @@ from tests.ui.dagster_site import (
 
 pytestmark = [pytest.mark.daemon, pytest.mark.slow]
 
-SAMPLE_IDS = [
-    "CMU-1-Small-Region",
-    "synthetic-aperio-20x",
-    "synthetic-aperio-40x",
-    "synthetic-generic-20x",
-]
+SAMPLE_IDS = list(SAMPLE_SLIDE_IDS)
 BACKFILL_TIMEOUT_S = 900
 IN_PROGRESS = [
     dg.DagsterRunStatus.STARTING,

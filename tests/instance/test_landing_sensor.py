@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pathgen_dagster.lib.ingest.samples import SAMPLE_SLIDE_IDS
 from pathgen_dagster.partitions import SLIDES_PARTITION
 from pathgen_dagster.sensors import (
     AUTO_RUN_ENV,
@@ -18,12 +19,7 @@ from pathgen_dagster.sensors import (
     register_landing,
 )
 
-SAMPLE_IDS = [
-    "CMU-1-Small-Region",
-    "synthetic-aperio-20x",
-    "synthetic-aperio-40x",
-    "synthetic-generic-20x",
-]
+SAMPLE_IDS = list(SAMPLE_SLIDE_IDS)
 
 
 @pytest.fixture(scope="module")

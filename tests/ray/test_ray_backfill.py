@@ -29,6 +29,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from pathgen_dagster.lib.ingest.samples import SAMPLE_SLIDE_IDS
 from pathgen_dagster.profiles import machine_profile
 from pathgen_dagster.resources.lakehouse import Lakehouse
 from scripts.ray.local_cluster import LocalRayCluster, pids_with
@@ -50,12 +51,7 @@ from tests.ui.dagster_site import (
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-SAMPLE_IDS = [
-    "CMU-1-Small-Region",
-    "synthetic-aperio-20x",
-    "synthetic-aperio-40x",
-    "synthetic-generic-20x",
-]
+SAMPLE_IDS = list(SAMPLE_SLIDE_IDS)
 LAKEHOUSE_ROOT = "s3://lake/ray"
 KILL_AT_STEP = "patch_embeddings"  # tiles are written by then, captions are not
 BACKFILL_TIMEOUT_S = 1800

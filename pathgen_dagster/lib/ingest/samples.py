@@ -77,6 +77,10 @@ SYNTHETIC_SLIDES = (
     SyntheticSlide("synthetic-aperio-20x.svs", 10_240, 8_192, 0.5, 20, True, (1, 4, 16), 6, 12),
     SyntheticSlide("synthetic-generic-20x.tiff", 8_192, 6_144, 0.5, 20, False, (1, 4, 16), 3, 13),
 )
+# The slide ids (file names without suffix) `pathgen samples` lands, sorted.
+SAMPLE_SLIDE_IDS: tuple[str, ...] = tuple(
+    sorted(["CMU-1-Small-Region", *(Path(r.file_name).stem for r in SYNTHETIC_SLIDES)])
+)
 # The benchmark slide (`pathgen samples --large`): a lab's 40x scan size, 80k x 60k, with
 # 2,000 touching islands cut as 24 distinct real crops placed in 8 orientations.
 BENCHMARK_SLIDE = SyntheticSlide(
