@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,34 +236,51 @@ def slides_needing_rerun(instance: dg.DagsterInstance, *, limit: int = 1000) -> 
 
 
 @contextmanager
-def watch_run(
-    instance: dg.DagsterInstance,
-    run_id: str,
-    progress: Callable[[str], None],
-    *,
-    poll_s: float = 2.0,
-) -> Iterator[None]:
-    """While the block runs ``run_id``: say when a step waits for a pool slot, and behind
-    which runs; a holder whose process is gone is failed and its slots freed."""
+def polling(name: str, poll_s: float, tick: Callable[[bool], bool]) -> Iterator[None]:
+    """While the block runs: ``tick(False)`` every ``poll_s`` seconds in a daemon thread, and
+    ``tick(True)`` once the block is over (one last read); a tick that returns False ends the
+    polling. The block's end waits at most ``poll_s + 5`` s for the thread."""
     stop = threading.Event()
 
-    def watch() -> None:
-        said: set[tuple[str, str, tuple[str, ...]]] = set()
-        while not stop.wait(poll_s):
-            try:
-                for line in _waiting_lines(instance, run_id, said):
-                    progress(line)
-            except Exception as error:  # watching must never break the run it watches
-                progress(f"run health: could not read the pools ({type(error).__name__}: {error})")
+    def loop() -> None:
+        finished = False
+        while not finished:
+            finished = stop.wait(poll_s)
+            if not tick(finished):
                 return
 
-    thread = threading.Thread(target=watch, name="pathgen-run-health", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(timeout=poll_s + 5)
+
+
+def watch_run(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    progress: Callable[[str], None],
+    *,
+    poll_s: float = 2.0,
+) -> AbstractContextManager[None]:
+    """While the block runs ``run_id``: say when a step waits for a pool slot, and behind
+    which runs; a holder whose process is gone is failed and its slots freed."""
+    said: set[tuple[str, str, tuple[str, ...]]] = set()
+
+    def tick(finished: bool) -> bool:
+        if finished:
+            return False
+        try:
+            for line in _waiting_lines(instance, run_id, said):
+                progress(line)
+        except Exception as error:  # watching must never break the run it watches
+            progress(f"run health: could not read the pools ({type(error).__name__}: {error})")
+            return False
+        return True
+
+    return polling("pathgen-run-health", poll_s, tick)
 
 
 def _waiting_lines(instance, run_id: str, said: set) -> list[str]:

@@ -8,12 +8,11 @@ starts: one bad slide never stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import dagster as dg
@@ -144,7 +143,6 @@ def stage_lines(entries) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
 def watch_stages(
     instance: dg.DagsterInstance,
     run_id: str,
@@ -152,60 +150,50 @@ def watch_stages(
     *,
     poll_s: float = 2.0,
     heartbeat_s: float = 30.0,
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """While the block runs ``run_id``: say which stage runs, what each produced, and every
     ``heartbeat_s`` which stages are still running and for how long (a long slide is seen
     to move)."""
-    stop = threading.Event()
+    from pathgen_dagster.run_health import polling
 
-    def watch() -> None:
-        cursor = None
-        running: dict[str, float] = {}
-        last_said = time.monotonic()
-        finished = False
-        while not finished:
-            finished = stop.wait(poll_s)  # one last read once the run is over
-            try:
-                connection = instance.event_log_storage.get_records_for_run(
-                    run_id, cursor=cursor, limit=1000
-                )
-                cursor = connection.cursor
-                entries = [record.event_log_entry for record in connection.records]
-                lines = stage_lines(
-                    e
-                    for e in entries
-                    if e.dagster_event is None or e.dagster_event.event_type in _STAGE_EVENTS
-                )
-            except Exception as error:  # watching must never break the run it watches
-                progress(f"progress: could not read the run's events ({type(error).__name__}: {error})")
-                return
-            for entry in entries:
-                event = entry.dagster_event
-                if event is not None and event.event_type == dg.DagsterEventType.STEP_START:
-                    running[entry.step_key] = entry.timestamp
-                elif event is not None and event.event_type in (
-                    dg.DagsterEventType.STEP_SUCCESS,
-                    dg.DagsterEventType.STEP_FAILURE,
-                ):
-                    running.pop(entry.step_key, None)
-            for line in lines:
-                progress(line)
-            now = time.monotonic()
-            if lines:
-                last_said = now
-            elif running and now - last_said >= heartbeat_s:
-                wall = time.time()
-                steps = ", ".join(f"{step} ({wall - t:.0f}s)" for step, t in sorted(running.items()))
-                progress(f"still running: {steps}")
-                last_said = now
+    cursor = None
+    running: dict[str, float] = {}
+    last_said = time.monotonic()
 
-    thread = threading.Thread(target=watch, name="pathgen-stage-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=poll_s + 5)
+    def tick(finished: bool) -> bool:
+        nonlocal cursor, last_said
+        try:
+            connection = instance.event_log_storage.get_records_for_run(run_id, cursor=cursor, limit=1000)
+            cursor = connection.cursor
+            entries = [record.event_log_entry for record in connection.records]
+            lines = stage_lines(
+                e for e in entries if e.dagster_event is None or e.dagster_event.event_type in _STAGE_EVENTS
+            )
+        except Exception as error:  # watching must never break the run it watches
+            progress(f"progress: could not read the run's events ({type(error).__name__}: {error})")
+            return False
+        for entry in entries:
+            event = entry.dagster_event
+            if event is not None and event.event_type == dg.DagsterEventType.STEP_START:
+                running[entry.step_key] = entry.timestamp
+            elif event is not None and event.event_type in (
+                dg.DagsterEventType.STEP_SUCCESS,
+                dg.DagsterEventType.STEP_FAILURE,
+            ):
+                running.pop(entry.step_key, None)
+        for line in lines:
+            progress(line)
+        now = time.monotonic()
+        if lines:
+            last_said = now
+        elif running and now - last_said >= heartbeat_s:
+            wall = time.time()
+            steps = ", ".join(f"{step} ({wall - t:.0f}s)" for step, t in sorted(running.items()))
+            progress(f"still running: {steps}")
+            last_said = now
+        return True
+
+    return polling("pathgen-stage-progress", poll_s, tick)
 
 
 def _run_isolated(
