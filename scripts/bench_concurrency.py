@@ -1,6 +1,12 @@
 """Slides per hour with one slide at a time and with the profile's slides at once, in one run.
 
     python scripts/bench_concurrency.py LANDING [--jobs N] [--select SELECTION]
+    python scripts/bench_concurrency.py --equal-slides DIR     # two equal 40x slides
+
+``--equal-slides DIR`` first writes, into DIR, two slides of the same recipe as the sample
+zone's 40x slide (24,576 x 20,480, 12 islands of real H&E) with different island seeds, so
+both slots carry the same load (the sample zone's four slides differ tenfold in work, and
+its tail runs one slide alone); then measures on DIR.
 
 Runs ``pathgen run`` over every slide in ``LANDING`` twice, each time into a fresh
 lakehouse and instance with the profile's pool limits (``deploy/set_pools.sh``): first with
@@ -62,6 +68,20 @@ def run_all(landing: Path, work: Path, jobs: int, select: str) -> tuple[float, f
         return wall, usage.ru_utime + usage.ru_stime, slides
 
 
+def write_equal_slides(directory: Path) -> Path:
+    """Two 40x slides of one recipe, different seeds (distinct bytes: not duplicates)."""
+    from dataclasses import replace
+
+    from pathgen_dagster.lib.ingest import samples
+
+    recipe = samples.SYNTHETIC_SLIDES[0]
+    samples.build_slides(
+        directory,
+        [replace(recipe, file_name=f"equal-aperio-40x-{seed}.svs", seed=seed) for seed in (11, 31)],
+    )
+    return directory
+
+
 def _slides(dagster_home: Path) -> int:
     import dagster as dg
 
@@ -75,11 +95,16 @@ def main() -> int:
     from pathgen_dagster.profiles import machine_profile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("landing", type=Path)
+    parser.add_argument("landing", type=Path, nargs="?")
+    parser.add_argument("--equal-slides", type=Path, metavar="DIR")
     parser.add_argument("--jobs", type=int, default=machine_profile().slides_at_once)
     parser.add_argument("--select", default="*")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-concurrency")
     args = parser.parse_args()
+    if args.equal_slides:
+        args.landing = write_equal_slides(args.equal_slides)
+    elif args.landing is None:
+        parser.error("give LANDING or --equal-slides DIR")
     print(machine_profile().describe())
     rows = []
     for jobs in (1, args.jobs):

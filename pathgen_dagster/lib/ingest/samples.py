@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +126,16 @@ def build_benchmark_slide(directory: Path, *, cache_dir: Path | None = None) -> 
     )
     _write_manifest(directory, [path])
     return [path]
+
+
+def build_slides(directory: Path, recipes: Sequence[SyntheticSlide]) -> list[Path]:
+    """Slides of other recipes (e.g. the 40x recipe with other seeds, for benchmarks), each
+    kept when it exists already, and their manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = real_sources()
+    written = [_write_once(directory, r, lambda r: place_islands(r, sources)) for r in recipes]
+    _write_manifest(directory, written)
+    return written
 
 
 def real_sources(fetch_kwargs: dict | None = None) -> tuple[Source, ...]:
