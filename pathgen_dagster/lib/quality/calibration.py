@@ -148,11 +148,7 @@ def findings_report(folder: Path = FOLDER) -> dict[str, dict[str, float | bool |
             "recall": recall,
             "precision_holdout": held_p,
             "recall_holdout": held_r,
-            "passed": bool(
-                entry["positives"] >= bar.min_positives
-                and precision >= bar.min_precision
-                and recall >= bar.min_recall
-            ),
+            "passed": bar.passes(entry["positives"], precision, recall),
         }
     return out
 
@@ -172,11 +168,7 @@ def band_findings_report(folder: Path = FOLDER) -> dict[str, dict[str, float | b
             "called": int(predicted.sum()),
             "precision": precision,
             "recall": recall,
-            "passed": bool(
-                truth.sum() >= bar.min_positives
-                and precision >= bar.min_precision
-                and recall >= bar.min_recall
-            ),
+            "passed": bar.passes(int(truth.sum()), precision, recall),
         }
     return out
 

@@ -78,6 +78,14 @@ class ValidationBar:
     min_precision: float = 0.85
     min_recall: float = 0.5
 
+    def passes(self, positives: int, precision: float, recall: float) -> bool:
+        """Whether figures measured on the labelled crops meet the bar."""
+        return bool(
+            positives >= self.min_positives
+            and precision >= self.min_precision
+            and recall >= self.min_recall
+        )
+
 
 # Precision first: a false finding is a wrong caption; a missed one is only an omission.
 VALIDATION_BAR = ValidationBar()
