@@ -5,8 +5,8 @@
 
 ``--equal-slides DIR`` first writes, into DIR, two slides of the same recipe as the sample
 zone's 40x slide (24,576 x 20,480, 12 islands of real H&E) with different island seeds, so
-both slots carry the same load (the sample zone's four slides differ tenfold in work, and
-its tail runs one slide alone); then measures on DIR.
+both slots carry the same load (the sample zone's four slides differ in size); then
+measures on DIR.
 
 Runs ``pathgen run`` over every slide in ``LANDING`` twice, each time into a fresh
 lakehouse and instance with the profile's pool limits (``deploy/set_pools.sh``): first with
