@@ -10,6 +10,11 @@ rows each stage wrote. A ``start-up`` row is the same command selecting nothing:
 stage's command pays before any work (imports, definitions, instance). The stage rows
 include it, so ``stage CPU - start-up CPU`` is the work.
 
+Each stage of this tree is run a second time as direct calls of its asset and its checks
+(``scripts/direct_stage.py``: the same body on the same tables, without a run, executor or
+event log; rows "direct calls"), and the last table prints, per stage, the share of the
+stage's CPU that the orchestration takes (``1 - direct / run``).
+
 With ``--baseline REF`` the same stages run from a worktree of ``REF`` into a lakehouse of
 their own, stage by stage alternating with this tree, and the tables both wrote are
 compared row by row on every column but run ids, timestamps and latencies: "identical"
@@ -42,6 +47,7 @@ STAGES = (
     "training_pairs",
 )
 VOLATILE_SUFFIXES = ("run_id", "_at", "latency_s")
+DIRECT = "direct calls"
 
 
 def run(command: list[str], tree: Path, env: dict[str, str]) -> tuple[float, float, float]:
@@ -106,6 +112,20 @@ def compare(base: pl.DataFrame, new: pl.DataFrame) -> str:
     return "identical" if not differing else "differs: " + ", ".join(differing)
 
 
+def orchestration_share(table: pl.DataFrame) -> pl.DataFrame:
+    """Per stage: CPU as a ``pathgen run`` command and as direct calls, and the run's share (%)."""
+    run_cpu, direct_cpu = (
+        table.filter(pl.col("tree") == tree).select("stage", pl.col("cpu_s").alias(column))
+        for tree, column in (("this tree", "run_cpu_s"), (DIRECT, "direct_cpu_s"))
+    )
+    joined = run_cpu.join(direct_cpu, on="stage", maintain_order="left")
+    stages = joined.filter(pl.col("stage") != "start-up")
+    total = stages.select(pl.lit("all stages").alias("stage"), pl.col("run_cpu_s", "direct_cpu_s").sum())
+    return pl.concat([joined, total]).with_columns(
+        (100 * (1 - pl.col("direct_cpu_s") / pl.col("run_cpu_s"))).alias("orchestration_%")
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="git ref to compare against (a worktree is made)")
@@ -130,15 +150,23 @@ def main() -> int:
         command = [sys.executable, "-m", "pathgen_dagster.cli", "run", "--in-process", "--slide", slide_id]
         start_up = [sys.executable, "-c", "from pathgen_dagster.definitions import defs; "
                     "defs().resolve_implicit_global_asset_job_def()"]
+        direct = [sys.executable, str(ROOT / "scripts" / "direct_stage.py")]
         for stage in ("start-up", *STAGES):
             for name, tree in trees.items():
                 stage_command = start_up if stage == "start-up" else [*command, "--select", stage]
-                wall, cpu, rss = run(stage_command, tree, envs[name])
-                written = 0 if stage == "start-up" else len(rows(envs[name], stage, slide_id))
-                results.append({"stage": stage, "tree": name, "wall_s": wall, "cpu_s": cpu,
-                                "peak_rss_mib": rss, "rows": written})
-                print(f"{stage:<22}{name:<11}{wall:>8.1f} s wall{cpu:>8.1f} s CPU{rss:>7.0f} MiB"
-                      f"{written:>7} rows", flush=True)
+                # This tree's stage again as direct calls of its asset and checks (same
+                # inputs, same outputs rewritten): what the stage costs without a run.
+                commands = {name: stage_command}
+                if name == "this tree":
+                    commands[DIRECT] = [*direct, *(["--start-up"] if stage == "start-up"
+                                                   else [stage, slide_id])]
+                for label, each in commands.items():
+                    wall, cpu, rss = run(each, tree, envs[name])
+                    written = 0 if stage == "start-up" else len(rows(envs[name], stage, slide_id))
+                    results.append({"stage": stage, "tree": label, "wall_s": wall, "cpu_s": cpu,
+                                    "peak_rss_mib": rss, "rows": written})
+                    print(f"{stage:<22}{label:<13}{wall:>8.1f} s wall{cpu:>8.1f} s CPU{rss:>7.0f} MiB"
+                          f"{written:>7} rows", flush=True)
         table = pl.DataFrame(results)
         print(f"\nslide {slide.name}: per-stage cost (CPU includes each command's start-up)")
         with pl.Config(tbl_rows=-1, tbl_cols=-1, float_precision=1, tbl_width_chars=200):
@@ -149,6 +177,7 @@ def main() -> int:
                 pl.col("wall_s").sum().alias("total wall s"),
                 pl.col("peak_rss_mib").max().alias("max peak RSS MiB"),
             ))
+            print(orchestration_share(table))
         if args.baseline:
             totals = work.group_by("tree").agg(pl.col("cpu_s").sum())
             cpu = dict(zip(totals["tree"], totals["cpu_s"], strict=True))
