@@ -11,9 +11,9 @@ stage's command pays before any work (imports, definitions, instance). The stage
 include it, so ``stage CPU - start-up CPU`` is the work.
 
 Each stage of this tree is run a second time as direct calls of its asset and its checks
-(``scripts/direct_stage.py``: the same body on the same tables, without a run, executor or
-event log; rows "direct calls"), and the last table prints, per stage, the share of the
-stage's CPU that the orchestration takes (``1 - direct / run``).
+(``scripts/direct_stage.py``: the same body, without a run, executor or event log, into a
+lakehouse of its own; rows "direct calls"), and the last table prints, per stage, the share
+of the stage's CPU that the orchestration takes (``1 - direct / run``).
 
 With ``--baseline REF`` the same stages run from a worktree of ``REF`` into a lakehouse of
 their own, stage by stage alternating with this tree, and the tables both wrote are
@@ -145,6 +145,7 @@ def main() -> int:
             name: prepare(tree, args.work / name.replace(" ", "_"), slide)
             for name, tree in trees.items()
         }
+        envs[DIRECT] = prepare(trees["this tree"], args.work / "direct_calls", slide)
         slide_id = slide.stem
         results = []
         command = [sys.executable, "-m", "pathgen_dagster.cli", "run", "--in-process", "--slide", slide_id]
@@ -154,15 +155,16 @@ def main() -> int:
         for stage in ("start-up", *STAGES):
             for name, tree in trees.items():
                 stage_command = start_up if stage == "start-up" else [*command, "--select", stage]
-                # This tree's stage again as direct calls of its asset and checks (same
-                # inputs, same outputs rewritten): what the stage costs without a run.
+                # This tree's stage again as direct calls of its asset and checks, into a
+                # lakehouse of their own (the compared tables keep their versions): what the
+                # stage costs without a run.
                 commands = {name: stage_command}
                 if name == "this tree":
                     commands[DIRECT] = [*direct, *(["--start-up"] if stage == "start-up"
                                                    else [stage, slide_id])]
                 for label, each in commands.items():
-                    wall, cpu, rss = run(each, tree, envs[name])
-                    written = 0 if stage == "start-up" else len(rows(envs[name], stage, slide_id))
+                    wall, cpu, rss = run(each, tree, envs[label])
+                    written = 0 if stage == "start-up" else len(rows(envs[label], stage, slide_id))
                     results.append({"stage": stage, "tree": label, "wall_s": wall, "cpu_s": cpu,
                                     "peak_rss_mib": rss, "rows": written})
                     print(f"{stage:<22}{label:<13}{wall:>8.1f} s wall{cpu:>8.1f} s CPU{rss:>7.0f} MiB"
