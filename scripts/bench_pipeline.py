@@ -18,7 +18,9 @@ of the stage's CPU that the orchestration takes (``1 - direct / run``).
 With ``--baseline REF`` the same stages run from a worktree of ``REF`` into a lakehouse of
 their own, stage by stage alternating with this tree, and the tables both wrote are
 compared row by row on every column but run ids, timestamps and latencies: "identical"
-means the same row ids, captions, verdicts and numbers, to the bit.
+means the same row ids, captions, verdicts and numbers, to the bit; "identical but floats
+within 1e-9" names float columns that moved in their last bits (and by how much) while
+every other column is the same to the bit.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ STAGES = (
     "training_pairs",
 )
 VOLATILE_SUFFIXES = ("run_id", "_at", "latency_s")
+# Float columns (embeddings, measures) that moved by no more than this are named, not failed:
+# the FFT LoG (lib/selection/nuclei.py) moves responses by ~1e-15.
+FLOAT_TOLERANCE = 1e-9
 DIRECT = "direct calls"
 
 
@@ -92,7 +97,8 @@ def rows(env: dict[str, str], table: str, slide_id: str) -> pl.DataFrame:
 
 
 def compare(base: pl.DataFrame, new: pl.DataFrame) -> str:
-    """'identical', or which columns differ and in how many rows."""
+    """'identical', 'identical but ...' naming float columns that moved by at most
+    FLOAT_TOLERANCE, or which columns differ and in how many rows."""
     if base.columns != new.columns:
         return f"columns differ: {sorted(set(base.columns) ^ set(new.columns))}"
     if len(base) != len(new):
@@ -100,16 +106,37 @@ def compare(base: pl.DataFrame, new: pl.DataFrame) -> str:
     keep = [c for c in base.columns if not c.endswith(VOLATILE_SUFFIXES)]
     key = [c for c in ("patch_id", "tile_id", "pair_id", "slide_id") if c in keep][:1] or keep[:1]
     base, new = base.select(keep).sort(key), new.select(keep).sort(key)
-    differing = []
+    differing, close = [], []
     for column in keep:
         a, b = base[column], new[column]
-        if a.dtype.is_nested():  # lists of floats (embeddings): equal hashes, NaN included
-            a, b = a.hash(), b.hash()
-        same = (a == b) | (a.is_null() & b.is_null())
+        # Lists of floats (embeddings) compare by hash, so NaN matches NaN.
+        x, y = (a.hash(), b.hash()) if a.dtype.is_nested() else (a, b)
+        same = (x == y) | (x.is_null() & y.is_null())
         count = int((~same.fill_null(False)).sum())
-        if count:
+        if not count:
+            continue
+        gap = float_gap(a, b)
+        if gap is not None and gap <= FLOAT_TOLERANCE:
+            close.append(f"{column} ({count} rows, max |diff| {gap:.1e})")
+        else:
             differing.append(f"{column} ({count} rows)")
-    return "identical" if not differing else "differs: " + ", ".join(differing)
+    if differing:
+        return "differs: " + ", ".join(differing)
+    return "identical" if not close else "identical but floats within 1e-9: " + ", ".join(close)
+
+
+def float_gap(a: pl.Series, b: pl.Series) -> float | None:
+    """Largest |a - b| of two float (or list-of-float) columns of the same shape, NaN
+    matching NaN; None when they are not floats or their lists differ in length."""
+    if a.dtype.is_nested():
+        if not (a.list.len() == b.list.len()).all():
+            return None
+        a, b = a.explode(), b.explode()
+    if not (a.dtype.is_float() and b.dtype.is_float()):
+        return None
+    both_nan = a.is_nan() & b.is_nan()
+    gap = (a - b).abs().filter(~both_nan.fill_null(False)).max()
+    return float(gap) if gap is not None and gap == gap else None
 
 
 def orchestration_share(table: pl.DataFrame) -> pl.DataFrame:

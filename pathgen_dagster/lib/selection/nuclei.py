@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+from scipy import fft
 from scipy import ndimage as ndi
 
 # Ruifrok & Johnston: OD (log10) rows H, E, DAB; the first column of the inverse unmixes H.
@@ -98,30 +100,26 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
     factor = max(1, round(settings.grid_um / mpp))
     grid_um = mpp * factor
     h = block_mean(haematoxylin(rgb), factor)
+    if h.size == 0:  # smaller than one grid pixel
+        return np.empty((0, 5))
     radii = np.geomspace(settings.min_radius_um, settings.max_radius_um, settings.n_scales)
-    sigmas = radii / math.sqrt(2) / grid_um
-    # The LoG is the sum of the Hessian's diagonal, and scipy computes each 2-d Gaussian as
-    # 1-d passes, axis 0 then axis 1: doing those passes here, once, gives the LoG, the
-    # Hessian diagonal for the roundness test and the smoothed haematoxylin bit for bit as
-    # ndi.gaussian_laplace / gaussian_filter do, with 22 fewer passes over the image.
-    smooth_rows = [ndi.gaussian_filter1d(h, sigma, axis=0) for sigma in sigmas]
-    hrr = [
-        ndi.gaussian_filter1d(ndi.gaussian_filter1d(h, sigma, axis=0, order=2), sigma, axis=1)
-        for sigma in sigmas
-    ]
-    hcc = [
-        ndi.gaussian_filter1d(rows, sigma, axis=1, order=2)
-        for rows, sigma in zip(smooth_rows, sigmas, strict=True)
-    ]
-    stack = np.stack([-(sigma**2) * (a + b) for a, b, sigma in zip(hrr, hcc, sigmas, strict=True)])
+    sigmas = tuple(float(s) for s in radii / math.sqrt(2) / grid_um)
+    smooth_sigma = settings.min_radius_um / math.sqrt(2) / grid_um
+    # The filters are scipy's Gaussians (gaussian_laplace, gaussian_filter: truncate 4,
+    # mode "reflect"), applied through one FFT of the padded image, because the image is
+    # filtered at six scales and the large kernels are 91 taps wide; the Hessian terms of
+    # the roundness test are needed only at the candidate maxima and are summed there.
+    # Against scipy's direct filters the responses differ by ~1e-15 (tests/lib/selection/
+    # test_nuclei.py holds the detections to scipy's on the calibration crops and tiles).
+    pad = max(_radius(s) for s in (*sigmas, smooth_sigma))
+    padded = np.pad(h, pad, mode="symmetric")  # scipy's "reflect"
+    spectrum = fft.rfft2(padded, _fft_shape(padded.shape))
+    log_transfers, smooth_transfer = _transfers(padded.shape, sigmas, smooth_sigma)
+    inside = (slice(pad, pad + h.shape[0]), slice(pad, pad + h.shape[1]))
+    stack = np.stack([_filtered(spectrum, t, padded.shape)[inside] for t in log_transfers])
     best = stack.max(axis=0)
     scale = stack.argmax(axis=0)
-    smooth_sigma = settings.min_radius_um / math.sqrt(2) / grid_um
-    smoothed = (
-        ndi.gaussian_filter1d(smooth_rows[0], smooth_sigma, axis=1)
-        if smooth_sigma == sigmas[0]
-        else ndi.gaussian_filter(h, smooth_sigma)
-    )
+    smoothed = _filtered(spectrum, smooth_transfer, padded.shape)[inside]
     separation = max(1, int(round(settings.min_separation_um / grid_um)))
     peaks = (
         (best == ndi.maximum_filter(best, size=2 * separation + 1, mode="constant", cval=-np.inf))
@@ -136,17 +134,15 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
             at = scale[rows, cols] == i
             if not at.any():
                 continue
-            rr, cc = hrr[i][rows[at], cols[at]], hcc[i][rows[at], cols[at]]
-            rc = ndi.gaussian_filter(h, sigma, order=(1, 1))[rows[at], cols[at]]
+            rr, cc, rc = _hessian_at(padded, pad, rows[at], cols[at], sigma)
             root = np.sqrt(((rr - cc) / 2) ** 2 + rc**2)
             mean = (rr + cc) / 2
             strong, weak = mean - root, mean + root  # both negative at a blob's centre
             roundness[at] = np.where(strong < 0, weak / np.minimum(strong, -1e-12), 0.0)
             keep[at] = (strong < 0) & (weak <= -settings.min_roundness * np.abs(strong))
-        colour = np.stack([block_mean(rgb[..., c].astype(np.float64), factor) for c in range(3)], axis=-1)
-        colour = ndi.gaussian_filter(colour, (sigmas[0], sigmas[0], 0))
-        green_excess = (colour[rows, cols, 1] - colour[rows, cols, 0]) / 255.0
-        keep &= green_excess <= settings.max_green_excess
+        colour = np.stack([block_mean(rgb[..., c].astype(np.float64), factor) for c in (0, 1)])
+        red, green = (_smoothed_at(channel, rows, cols, sigmas[0]) for channel in colour)
+        keep &= (green - red) / 255.0 <= settings.max_green_excess
     rows, cols, roundness = rows[keep], cols[keep], roundness[keep]
     return np.column_stack(
         [
@@ -157,6 +153,74 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
             smoothed[rows, cols],
         ]
     ).reshape(-1, 5)
+
+
+def _radius(sigma: float) -> int:
+    """Half-width of scipy's Gaussian kernels (truncate 4)."""
+    return int(4.0 * sigma + 0.5)
+
+
+@lru_cache(maxsize=64)
+def _weights(sigma: float, order: int) -> np.ndarray:
+    """The correlation weights scipy's ``gaussian_filter1d`` uses, read off a unit impulse."""
+    radius = _radius(sigma)
+    impulse = np.zeros(2 * radius + 1)
+    impulse[radius] = 1.0
+    return ndi.gaussian_filter1d(impulse, sigma, order=order, mode="constant")[::-1]
+
+
+def _fft_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    return fft.next_fast_len(shape[0], real=True), fft.next_fast_len(shape[1], real=True)
+
+
+def _axis_transfer(sigma: float, order: int, length: int, last: bool) -> np.ndarray:
+    """Spectrum of the correlation with ``_weights(sigma, order)`` on a periodic axis."""
+    weights, radius = _weights(sigma, order), _radius(sigma)
+    kernel = np.zeros(length)
+    kernel[: radius + 1] = weights[radius::-1]  # correlation = convolution with the mirror
+    kernel[length - radius :] = weights[:radius:-1]
+    return fft.rfft(kernel) if last else fft.fft(kernel)
+
+
+@lru_cache(maxsize=8)
+def _transfers(
+    shape: tuple[int, int], sigmas: tuple[float, ...], smooth_sigma: float
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Per sigma the spectrum of ``-sigma^2 * LoG``, and the smoothing Gaussian's spectrum."""
+    rows, cols = _fft_shape(shape)
+
+    def separable(sigma: float, row_order: int, col_order: int) -> np.ndarray:
+        return np.outer(
+            _axis_transfer(sigma, row_order, rows, last=False),
+            _axis_transfer(sigma, col_order, cols, last=True),
+        )
+
+    logs = tuple(-(s**2) * (separable(s, 2, 0) + separable(s, 0, 2)) for s in sigmas)
+    return logs, separable(smooth_sigma, 0, 0)
+
+
+def _filtered(spectrum: np.ndarray, transfer: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return fft.irfft2(spectrum * transfer, _fft_shape(shape))[: shape[0], : shape[1]]
+
+
+def _hessian_at(
+    padded: np.ndarray, pad: int, rows: np.ndarray, cols: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian second derivatives (row-row, column-column, row-column) at the points."""
+    radius = _radius(sigma)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2)
+    blocks = windows[rows + pad - radius, cols + pad - radius]
+    w0, w1, w2 = (_weights(sigma, order) for order in (0, 1, 2))
+    return tuple(np.einsum("nij,i,j->n", blocks, a, b) for a, b in ((w2, w0), (w0, w2), (w1, w1)))
+
+
+def _smoothed_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, sigma: float) -> np.ndarray:
+    """scipy's ``gaussian_filter(image, sigma)`` at the points only."""
+    radius = _radius(sigma)
+    padded = np.pad(image, radius, mode="symmetric")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2)
+    weights = _weights(sigma, 0)
+    return np.einsum("nij,i,j->n", windows[rows, cols], weights, weights)
 
 
 def count(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> int:
