@@ -122,7 +122,9 @@ def compare(base: pl.DataFrame, new: pl.DataFrame) -> str:
             differing.append(f"{column} ({count} rows)")
     if differing:
         return "differs: " + ", ".join(differing)
-    return "identical" if not close else "identical but floats within 1e-9: " + ", ".join(close)
+    if not close:
+        return "identical"
+    return f"identical but floats within {FLOAT_TOLERANCE:g}: " + ", ".join(close)
 
 
 def float_gap(a: pl.Series, b: pl.Series) -> float | None:

@@ -110,7 +110,8 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
     # filtered at six scales and the large kernels are 91 taps wide; the Hessian terms of
     # the roundness test are needed only at the candidate maxima and are summed there.
     # Against scipy's direct filters the responses differ by ~1e-15 (tests/lib/selection/
-    # test_nuclei.py holds the detections to scipy's on the calibration crops and tiles).
+    # test_nuclei.py holds the filters to scipy's, and the detections to scipy's LoG maxima
+    # on the calibration crops).
     pad = max(_radius(s) for s in (*sigmas, smooth_sigma))
     padded = np.pad(h, pad, mode="symmetric")  # scipy's "reflect"
     spectrum = fft.rfft2(padded, _fft_shape(padded.shape))
@@ -140,8 +141,11 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
             strong, weak = mean - root, mean + root  # both negative at a blob's centre
             roundness[at] = np.where(strong < 0, weak / np.minimum(strong, -1e-12), 0.0)
             keep[at] = (strong < 0) & (weak <= -settings.min_roundness * np.abs(strong))
-        colour = np.stack([block_mean(rgb[..., c].astype(np.float64), factor) for c in (0, 1)])
-        red, green = (_smoothed_at(channel, rows, cols, sigmas[0]) for channel in colour)
+        w0 = _weights(sigmas[0], 0)
+        red, green = (
+            _separable_at(np.pad(channel, pad, mode="symmetric"), pad, rows, cols, w0, w0)
+            for channel in (block_mean(rgb[..., c].astype(np.float64), factor) for c in (0, 1))
+        )
         keep &= (green - red) / 255.0 <= settings.max_green_excess
     rows, cols, roundness = rows[keep], cols[keep], roundness[keep]
     return np.column_stack(
@@ -207,20 +211,24 @@ def _hessian_at(
     padded: np.ndarray, pad: int, rows: np.ndarray, cols: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian second derivatives (row-row, column-column, row-column) at the points."""
-    radius = _radius(sigma)
+    w0, w1, w2 = (_weights(sigma, order) for order in (0, 1, 2))
+    return tuple(_separable_at(padded, pad, rows, cols, a, b) for a, b in ((w2, w0), (w0, w2), (w1, w1)))
+
+
+def _separable_at(
+    padded: np.ndarray,
+    pad: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    row_weights: np.ndarray,
+    col_weights: np.ndarray,
+) -> np.ndarray:
+    """scipy's separable correlation (axis 0 with ``row_weights``, then axis 1) at the
+    points only, from an image padded by ``pad`` (at least the kernels' half-width)."""
+    radius = len(row_weights) // 2
     windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2)
     blocks = windows[rows + pad - radius, cols + pad - radius]
-    w0, w1, w2 = (_weights(sigma, order) for order in (0, 1, 2))
-    return tuple(np.einsum("nij,i,j->n", blocks, a, b) for a, b in ((w2, w0), (w0, w2), (w1, w1)))
-
-
-def _smoothed_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, sigma: float) -> np.ndarray:
-    """scipy's ``gaussian_filter(image, sigma)`` at the points only."""
-    radius = _radius(sigma)
-    padded = np.pad(image, radius, mode="symmetric")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2)
-    weights = _weights(sigma, 0)
-    return np.einsum("nij,i,j->n", windows[rows, cols], weights, weights)
+    return np.einsum("nij,i,j->n", blocks, row_weights, col_weights)
 
 
 def count(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> int:
