@@ -31,6 +31,13 @@ REASONS: tuple[Reason, ...] = ("attribute", "report", "cluster")
 # otherwise fall on either side of it; the margin makes "at least the threshold" hold.
 COSINE_TOLERANCE = 1e-6
 
+# Ranking scores are rounded to 0.001 (a cosine of 1e-5) before tiles are ranked on them:
+# a text encoder's output moves in its last bits with the batch a sentence is padded in and
+# with the BLAS (MiniLM: up to 3e-5 on this scale between two batchings of the same
+# sentences), and selection must not depend on that. Scores closer than the grid tie, and
+# ties break by tile index (prompts: by prompt order).
+SCORE_DECIMALS = 3
+
 _NO_TILES = np.zeros(0, dtype=np.int64)
 
 
@@ -121,14 +128,15 @@ def per_cluster_quota(k: int, cfg: SelectionConfig = DEFAULT_SELECTION) -> int:
 
 
 def similarity(image_emb: Embeddings, text_emb: Embeddings) -> np.ndarray:
-    """Returns float32 (n_tiles, n_texts) of 100 x cosine similarity, CLIP's logit scale."""
+    """Returns float32 (n_tiles, n_texts) of 100 x cosine similarity, CLIP's logit scale,
+    rounded to ``SCORE_DECIMALS``."""
     image, text = _as_matrix(image_emb, "image_emb"), _as_matrix(text_emb, "text_emb")
     if image.shape[1] != text.shape[1]:
         raise ValueError(
             f"image embeddings are {image.shape[1]}-d but text embeddings are "
             f"{text.shape[1]}-d: encode both with the same model"
         )
-    return 100.0 * (_unit_rows(image) @ _unit_rows(text).T)
+    return _on_grid(100.0 * (_unit_rows(image) @ _unit_rows(text).T))
 
 
 def attribute_scores(
@@ -150,7 +158,7 @@ def report_scores(image_emb: Embeddings, finding_emb: Embeddings | None) -> np.n
     """Returns each tile's similarity summed over the report findings; None without findings."""
     if finding_emb is None or len(finding_emb) == 0:
         return None
-    return similarity(image_emb, finding_emb).sum(axis=1)
+    return _on_grid(similarity(image_emb, finding_emb).sum(axis=1))
 
 
 def kmeans(
@@ -293,6 +301,10 @@ def _as_matrix(values: Embeddings, name: str) -> np.ndarray:
     if matrix.ndim != 2:
         raise ValueError(f"{name} must be 2-d (rows, dim), got shape {matrix.shape}")
     return matrix
+
+
+def _on_grid(scores: np.ndarray) -> np.ndarray:
+    return np.round(scores, SCORE_DECIMALS).astype(np.float32)
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -139,6 +139,25 @@ def test_dedup_keeps_the_higher_priority_tile_and_survives_float32() -> None:
     assert deduplicate(pair, np.array([], dtype=np.int64), 0.88).size == 0
 
 
+def test_selection_ignores_the_last_bits_of_the_retrieval_text(prompts) -> None:
+    """Tiles that share a facts sentence tie; MiniLM gives the same sentence embeddings that
+    differ by ~1e-7 with the batch it was padded in. Which tied tiles are kept must not
+    follow that noise: on the score grid they tie, and the tie breaks by tile index."""
+    sentences = random_unit(5, seed=11)
+    retrieval = np.repeat(sentences, 60, axis=0)  # 300 tiles, 60 per sentence
+    noise = np.random.default_rng(12).normal(scale=2e-7, size=retrieval.shape)
+    noisy = (retrieval + noise).astype(np.float32)
+    assert (noisy @ prompts.T != retrieval @ prompts.T).mean() > 0.9  # the raw cosines moved
+    cfg = replace(CFG, max_per_slide=64)  # the cap keeps the 64 attribute picks alone
+    image = random_unit(300, seed=13)
+    clean = select(image, prompt_emb=prompts, retrieval_emb=retrieval, cfg=cfg)
+    moved = select(image, prompt_emb=prompts, retrieval_emb=noisy, cfg=cfg)
+    assert len(clean) == 64
+    assert clean.tile_index.tolist() == moved.tile_index.tolist()
+    assert clean.top_prompt.tolist() == moved.top_prompt.tolist()
+    assert clean.attribute_score.tolist() == moved.attribute_score.tolist()
+
+
 def test_select_caps_at_256_keeping_attribute_picks_and_every_cluster(prompts) -> None:
     image = random_unit(1000, seed=2)
     result = select(image, prompt_emb=prompts, finding_emb=random_unit(3, seed=3), cfg=CFG)
