@@ -14,7 +14,11 @@ lakehouse and instance with the profile's pool limits (``deploy/set_pools.sh``):
 once), then with ``--jobs N`` (default: ``pathgen profile``'s slides at once). Prints wall
 seconds, CPU seconds of every process the command started (``os.wait4`` of the command:
 its children and theirs), CPU utilisation (CPU / wall: 200 % is two cores busy all the
-time) and slides per hour.
+time) and slides per hour. For the run with slides at once it also says where the idle
+core-time went: the process tree's CPU is sampled every 0.2 s (``/proc``), and split at the
+first slide run's start and the last one's end (the instance's event log) into start-up
+(the command's and its children's imports, before any run), the runs, and the wind-down
+(children exiting, the summary table).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_all(landing: Path, work: Path, jobs: int, select: str) -> tuple[float, float, int]:
-    """(wall s, CPU s, slides) of one ``pathgen run --jobs JOBS`` over a fresh instance."""
+def run_all(landing: Path, work: Path, jobs: int, select: str) -> tuple[float, float, int, list]:
+    """(wall s, CPU s, slides, phases) of one ``pathgen run --jobs JOBS`` over a fresh instance."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {
@@ -61,11 +65,67 @@ def run_all(landing: Path, work: Path, jobs: int, select: str) -> tuple[float, f
             stdout=log,
             stderr=log,
         )
-        _, status, usage = os.wait4(process.pid, 0)
+        samples, status, usage = _sampled_wait(process.pid)
         wall = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"pathgen run --jobs {jobs} failed: see {log.name}")
-        return wall, usage.ru_utime + usage.ru_stime, slides
+        cpu = usage.ru_utime + usage.ru_stime
+        return wall, cpu, slides, _phases(samples, cpu, work / "dagster_home")
+
+
+def _sampled_wait(pid: int, every_s: float = 0.2):
+    """Waits for ``pid``: its (time, tree CPU s) samples, then wait4's status and usage."""
+    samples = [(time.time(), 0.0)]
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return samples, status, usage
+        samples.append((time.time(), _tree_cpu(pid)))
+        time.sleep(every_s)
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and its live descendants, with the children they reaped."""
+    parents, ticks = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    tree, frontier = set(), {root}
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - tree
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def _phases(samples: list[tuple[float, float]], cpu: float, dagster_home: Path) -> list[tuple]:
+    """(phase, wall s, CPU s) of start-up, runs and wind-down, split at the runs' first
+    start and last end; the last sample is replaced by the command's own total."""
+    import dagster as dg
+
+    ends = {dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE}
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        stamps = [
+            entry.timestamp
+            for run in instance.get_runs()
+            for entry in instance.all_logs(run.run_id, of_type=ends)
+        ]
+    times = [t for t, _ in samples] + [time.time()]
+    cpus = [c for _, c in samples] + [cpu]
+
+    def cpu_at(moment: float) -> float:
+        index = max(i for i, t in enumerate(times) if t <= moment)
+        return cpus[index]
+
+    cuts = [times[0], min(stamps), max(stamps), times[-1]]
+    return [
+        (name, cuts[i + 1] - cuts[i], cpu_at(cuts[i + 1]) - cpu_at(cuts[i]))
+        for i, name in enumerate(("start-up", "runs", "wind-down"))
+    ]
 
 
 def write_equal_slides(directory: Path) -> Path:
@@ -107,15 +167,24 @@ def main() -> int:
         parser.error("give LANDING or --equal-slides DIR")
     print(machine_profile().describe())
     rows = []
+    cores = machine_profile().cores
     for jobs in (1, args.jobs):
-        wall, cpu, slides = run_all(args.landing.resolve(), args.work / f"jobs-{jobs}", jobs, args.select)
-        rows.append((jobs, wall, cpu, slides))
+        wall, cpu, slides, phases = run_all(
+            args.landing.resolve(), args.work / f"jobs-{jobs}", jobs, args.select
+        )
+        rows.append((jobs, wall))
         print(
             f"--jobs {jobs}: {slides} slides in {wall:.1f} s wall, {cpu:.1f} s CPU, "
             f"utilisation {cpu / wall:.0%}, {slides * 3600 / wall:.1f} slides/hour",
             flush=True,
         )
-    (_, wall_1, _, _), (_, wall_n, _, _) = rows
+    print(f"where --jobs {args.jobs} left its {cores} cores idle ({cores * wall - cpu:.1f} core-s):")
+    for name, phase_wall, phase_cpu in phases:
+        print(
+            f"  {name:10s} {phase_wall:6.1f} s wall {phase_cpu:6.1f} s CPU "
+            f"({phase_cpu / max(phase_wall, 1e-9):.0%}), idle {cores * phase_wall - phase_cpu:5.1f} core-s"
+        )
+    (_, wall_1), (_, wall_n) = rows
     print(f"slides per hour, --jobs {args.jobs} / --jobs 1: {wall_1 / wall_n:.2f}x")
     return 0
 
