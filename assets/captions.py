@@ -32,7 +32,7 @@ from pathgen_dagster.lib.selection.prompts_library import GENERIC
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
-from pathgen_dagster.resources.llm import LLMServer
+from pathgen_dagster.resources.llm import LLMServer, agent_pool
 
 _AGENT = AgentConfig()
 CACHE_FLUSH_EVERY = 16
@@ -267,7 +267,7 @@ def agent_asset(
         metadata={"dagster/column_schema": column_schema(spec)},
         partitions_def=slide_partitions,
         group_name="captions",
-        pool="llm",
+        pool=agent_pool(),  # `llm` only where the agents call a model server
         kinds={"llm", "delta"},
     )
     def _agent(

@@ -27,7 +27,7 @@ from pathgen_dagster.lib.selection.facts import MorphologyFacts
 from pathgen_dagster.metadata import column_schema, config_hash, preview
 from pathgen_dagster.partitions import slide_partitions
 from pathgen_dagster.resources.lakehouse import Lakehouse
-from pathgen_dagster.resources.llm import LLMServer
+from pathgen_dagster.resources.llm import LLMServer, agent_pool
 
 _DEFAULTS = InstructionConfig()
 
@@ -151,7 +151,7 @@ def _examples(rows: list[InstructionRow]) -> dg.MetadataValue:
     metadata={"dagster/column_schema": column_schema(INSTRUCTIONS)},
     partitions_def=slide_partitions,
     group_name="instructions",
-    pool="llm",
+    pool=agent_pool(),  # `llm` only where the agents call a model server
     kinds={"llm", "delta"},
 )
 def instructions(

@@ -15,7 +15,7 @@ from pathgen_dagster.lib.ingest.registry import LINK_ROOTS_ENV
 from pathgen_dagster.maintenance import lakehouse_maintenance, maintenance_schedule
 from pathgen_dagster.resources.encoders import Encoders
 from pathgen_dagster.resources.lakehouse import Lakehouse
-from pathgen_dagster.resources.llm import LLMServer
+from pathgen_dagster.resources.llm import LLMServer, configured_backend
 from pathgen_dagster.resources.slide_store import SlideStore
 from pathgen_dagster.run_health import run_health_sensor
 from pathgen_dagster.sensors import landing_sensor, whole_dataset_sensor
@@ -33,7 +33,7 @@ def llm_server() -> LLMServer:
     (``1`` for a vision-language model) say where and what it is. Read when the code
     location loads, never at import.
     """
-    backend = os.environ.get("PATHGEN_LLM_BACKEND", "grounded")
+    backend = configured_backend()
     if backend != "vllm":
         return LLMServer(backend=backend)
     return LLMServer(

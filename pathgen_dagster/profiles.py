@@ -15,10 +15,12 @@ profile       chosen when            slides at once / pools
               a GPU                  ``gpu`` pool, one step per GPU
 ============  =====================  ==================================================
 
-Pools: ``tile_readers`` (tiles) and ``cpu`` (the patch encoder on the CPU) allow one step
-per slide at once; ``gpu`` exists only on a GPU node; ``llm`` is 1 (one model server,
-which batches one step's requests itself). ``PATHGEN_PROFILE`` names a profile instead of
-deriving it (``cpu-node`` on a GPU machine leaves the GPU alone), and
+Pools: ``tile_readers`` (tiles) and ``cpu`` (the patch encoder on the CPU, and the caption
+agents of the ``grounded`` backend, which are in-process CPU work) allow one step per slide
+at once; ``gpu`` exists only on a GPU node; ``llm`` is 1 (the agents' steps when they call a
+model server, which batches one step's requests itself; ``resources.llm.agent_pool``).
+``PATHGEN_PROFILE`` names a profile instead of deriving it (``cpu-node`` on a GPU machine
+leaves the GPU alone), and
 ``PATHGEN_POOL_<NAME>=N`` overrides one pool's limit.
 """
 

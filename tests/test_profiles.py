@@ -1,9 +1,10 @@
-"""Concurrency from the machine: slides at once, pool limits, the encoder's pool."""
+"""Concurrency from the machine and the backend: slides at once, pool limits, pools."""
 
 import pytest
 
 from pathgen_dagster import profiles
 from pathgen_dagster.profiles import Profile, ProfileError, machine_profile
+from pathgen_dagster.resources.llm import BACKEND_ENV, agent_pool
 
 
 def test_slides_at_once_follow_cores_and_memory():
@@ -38,3 +39,19 @@ def test_profile_named_by_environment(monkeypatch: pytest.MonkeyPatch):
             machine_profile()
     finally:
         machine_profile.cache_clear()
+
+
+def test_agents_take_the_llm_pool_only_where_a_model_server_serves_them(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    assert agent_pool() == "cpu"  # grounded: in-process CPU work, one step per slide at once
+    for backend, pool in (("grounded", "cpu"), ("embedded", "llm"), ("vllm", "llm")):
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        assert agent_pool() == pool, backend
+
+
+def test_the_loaded_agents_use_the_backends_pool():
+    from pathgen_dagster.definitions import defs
+
+    loaded = defs()
+    for name in ("descriptions", "revised_descriptions", "captions", "instructions"):
+        assert loaded.resolve_assets_def(name).op.pool == agent_pool(), name

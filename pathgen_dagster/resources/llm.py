@@ -30,6 +30,20 @@ from pathgen_dagster.lib.captions.embedded_server import EmbeddedServer
 from pathgen_dagster.lib.captions.llm import ChatClient, wait_until_ready
 
 Backend = Literal["grounded", "embedded", "vllm"]
+BACKEND_ENV = "PATHGEN_LLM_BACKEND"
+SERVED_BACKENDS = ("embedded", "vllm")  # the agents call a model server
+
+
+def configured_backend() -> str:
+    """The backend ``PATHGEN_LLM_BACKEND`` names (``grounded`` when unset)."""
+    return os.environ.get(BACKEND_ENV, "grounded")
+
+
+def agent_pool() -> str:
+    """The pool of the caption and instruction agents: ``llm`` (one slot: one model server
+    batches one step's requests itself) where they call a server; ``cpu`` for ``grounded``,
+    whose agents are in-process CPU work and would otherwise queue slides through one slot."""
+    return "llm" if configured_backend() in SERVED_BACKENDS else "cpu"
 
 
 class ModelServerError(RuntimeError):

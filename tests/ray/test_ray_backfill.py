@@ -13,8 +13,8 @@ of that node, SIGKILL: a lost machine). Then:
 - every per-slide table holds exactly the rows a local `pathgen run` of the same slides
   wrote (same ids, same captions): nothing lost, nothing duplicated;
 - the pools held across runs on different nodes, at the limits `deploy/set_pools.sh` set
-  from this machine's profile: never more steps of a pool at once than its limit (for `llm`,
-  limit 1, no two overlapped), while runs on the two nodes did.
+  from this machine's profile: never more steps of a pool at once than its limit, while runs
+  on the two nodes did.
 """
 
 from __future__ import annotations
@@ -238,10 +238,11 @@ def test_backfill_on_ray_survives_a_lost_worker(
     for name in ("slides", "tiles", "captions", "training_pairs"):
         assert sorted(outcome.materialized[name]) == SAMPLE_IDS, name
     # Pools held across nodes at the profile's limits, while two runs ran at once: never more
-    # steps of a pool at once than its limit (llm: 1). Whether a step had to wait for a slot
-    # depends on timing, so it is reported (times_blocked), not required.
+    # steps of a pool at once than its limit. Whether a step had to wait for a slot depends
+    # on timing, so it is reported (times_blocked), not required. The grounded agents take
+    # the `cpu` pool (`llm` is for a model server's steps).
     assert report["runs_at_once"] == 2, report
-    assert "llm" in pools and limits["llm"] == 1, report
+    assert {"tile_readers", "cpu"} <= set(pools), report
     for pool, found in pools.items():
         assert limits[pool] == machine_profile().pool_limits()[pool], (pool, limits[pool])
         assert 1 <= most_at_once(found) <= limits[pool], (pool, found)
