@@ -2,11 +2,13 @@
 
     python scripts/bench_concurrency.py LANDING [--jobs N] [--select SELECTION]
     python scripts/bench_concurrency.py --equal-slides DIR     # two equal 40x slides
+    python scripts/bench_concurrency.py --equal-slides DIR --large   # two of real size
 
 ``--equal-slides DIR`` first writes, into DIR, two slides of the same recipe as the sample
 zone's 40x slide (24,576 x 20,480, 12 islands of real H&E) with different island seeds, so
 both slots carry the same load (the sample zone's four slides differ in size); then
-measures on DIR.
+measures on DIR. With ``--large`` the two are of the benchmark slide's recipe (80k x 60k,
+``pathgen samples --large``; seed 21 is that slide, ~3 minutes to write each one).
 
 Runs ``pathgen run`` over every slide in ``LANDING`` twice, each time into a fresh
 lakehouse and instance with the profile's pool limits (``deploy/set_pools.sh``): first with
@@ -128,12 +130,20 @@ def _phases(samples: list[tuple[float, float]], cpu: float, dagster_home: Path) 
     ]
 
 
-def write_equal_slides(directory: Path) -> Path:
+def write_equal_slides(directory: Path, large: bool) -> Path:
     """Two 40x slides of one recipe, different seeds (distinct bytes: not duplicates)."""
     from dataclasses import replace
 
     from pathgen_dagster.lib.ingest import samples
 
+    if large:
+        recipe = samples.BENCHMARK_SLIDE
+        stem = recipe.file_name.removesuffix(".svs")
+        samples.build_benchmark_slide(
+            directory,
+            recipes=[replace(recipe, file_name=f"{stem}-{seed}.svs", seed=seed) for seed in (21, 22)],
+        )
+        return directory
     recipe = samples.SYNTHETIC_SLIDES[0]
     samples.build_slides(
         directory,
@@ -157,12 +167,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("landing", type=Path, nargs="?")
     parser.add_argument("--equal-slides", type=Path, metavar="DIR")
+    parser.add_argument("--large", action="store_true", help="equal slides of real size")
     parser.add_argument("--jobs", type=int, default=machine_profile().slides_at_once)
     parser.add_argument("--select", default="*")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-concurrency")
     args = parser.parse_args()
     if args.equal_slides:
-        args.landing = write_equal_slides(args.equal_slides)
+        args.landing = write_equal_slides(args.equal_slides, args.large)
     elif args.landing is None:
         parser.error("give LANDING or --equal-slides DIR")
     print(machine_profile().describe())

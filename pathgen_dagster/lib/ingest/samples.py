@@ -108,8 +108,14 @@ def build_landing_zone(directory: Path, *, cache_dir: Path | None = None) -> lis
     return written
 
 
-def build_benchmark_slide(directory: Path, *, cache_dir: Path | None = None) -> list[Path]:
-    """Write :data:`BENCHMARK_SLIDE` (80k x 60k at 40x, real H&E) and its manifest.
+def build_benchmark_slide(
+    directory: Path,
+    *,
+    cache_dir: Path | None = None,
+    recipes: Sequence[SyntheticSlide] = (BENCHMARK_SLIDE,),
+) -> list[Path]:
+    """Write :data:`BENCHMARK_SLIDE` (80k x 60k at 40x, real H&E) and its manifest, or other
+    seeds of it (``recipes``: e.g. two slides of equal load for the concurrency benchmark).
 
     Deterministic: the same bytes on every machine. Kept when it exists already.
     """
@@ -119,13 +125,14 @@ def build_benchmark_slide(directory: Path, *, cache_dir: Path | None = None) -> 
     # 672 px tile, so three of every four distinct crops are cut from CMU: the slide keeps
     # a lab scan's tile count (2,518 tissue tiles; 1,795 with half the crops from carcinoma).
     sources = (cmu, cmu, cmu, carcinoma)
-    path = _write_once(
-        directory,
-        BENCHMARK_SLIDE,
-        lambda r: place_islands(r, sources, distinct=BENCHMARK_DISTINCT_CROPS),
-    )
-    _write_manifest(directory, [path])
-    return [path]
+    paths = [
+        _write_once(
+            directory, recipe, lambda r: place_islands(r, sources, distinct=BENCHMARK_DISTINCT_CROPS)
+        )
+        for recipe in recipes
+    ]
+    _write_manifest(directory, paths)
+    return paths
 
 
 def build_slides(directory: Path, recipes: Sequence[SyntheticSlide]) -> list[Path]:
