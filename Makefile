@@ -32,7 +32,7 @@ print-env:
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml | install
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	$(VENV)/bin/pathgen profile --dagster-yaml > $@.part && mv $@.part $@
 	DAGSTER=$(abspath $(VENV))/bin/dagster deploy/set_pools.sh
 
 $(LANDING)/manifest.csv: | install

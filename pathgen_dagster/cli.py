@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import re
 import sys
 import time
 from pathlib import Path
 
 import polars as pl
 
-from pathgen_dagster.profiles import ProfileError
+from pathgen_dagster.profiles import ProfileError, machine_profile
 
 
 def _lakehouse(args: argparse.Namespace):
@@ -66,13 +66,29 @@ def ensure_dagster_home(environ=os.environ) -> Path:
                 f"{PROJECT_DAGSTER_YAML} is missing; copy one there"
             )
         path.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT_DAGSTER_YAML, config)
+        config.write_text(instance_config())
         print(
-            f"created the Dagster instance {path} with {PROJECT_DAGSTER_YAML.name}; "
+            f"created the Dagster instance {path} with {PROJECT_DAGSTER_YAML.name} "
+            "(runs at once from the machine's profile); "
             "pool limits: run deploy/set_pools.sh (make register does)",
             file=sys.stderr,
         )
     return path
+
+
+def instance_config() -> str:
+    """The project's dagster.yaml with ``max_concurrent_runs`` set to the machine profile's
+    slides at once (a run is one slide on about one core; ``pathgen profile``)."""
+    text, replaced = re.subn(
+        r"^(\s*max_concurrent_runs:) *\d+.*$",
+        rf"\g<1> {machine_profile().slides_at_once}  # this machine's profile (pathgen profile)",
+        PROJECT_DAGSTER_YAML.read_text(),
+        count=1,
+        flags=re.MULTILINE,
+    )
+    if not replaced:
+        raise InstanceSetupError(f"{PROJECT_DAGSTER_YAML} sets no concurrency.runs.max_concurrent_runs")
+    return text
 
 
 def _instance():
@@ -259,15 +275,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from pathgen_dagster.profiles import machine_profile
-
     profile = machine_profile()
     limits = profile.pool_limits()
+    if args.dagster_yaml:
+        print(instance_config(), end="")
+        return 0
     if args.pools:
         print("\n".join(f"{pool} {limit}" for pool, limit in limits.items()))
         return 0
     print(profile.describe())
     print("pools: " + ", ".join(f"{pool}={limit}" for pool, limit in limits.items()))
+    print(f"runs at once (a new instance's max_concurrent_runs): {profile.slides_at_once}")
     print(f"patch_embeddings runs in pool {profile.encoder_pool!r}")
     return 0
 
@@ -376,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         "profile", help="the machine's profile: slides at once and pool limits (set_pools.sh)"
     )
     profile.add_argument("--pools", action="store_true", help="only 'POOL LIMIT' lines")
+    profile.add_argument(
+        "--dagster-yaml",
+        action="store_true",
+        help="the project's dagster.yaml with this machine's runs at once (a new instance's)",
+    )
     profile.set_defaults(func=cmd_profile)
 
     docs = commands.add_parser("docs", help="serve the great-expectations data docs to a browser")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pathgen_dagster.cli import PROJECT_DAGSTER_YAML, main
+from pathgen_dagster.cli import PROJECT_DAGSTER_YAML, instance_config, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_run_exits_non_zero_and_prints_the_table(home: Path, tmp_path: Path, sam
     lakehouse = str(tmp_path / "lakehouse")
     assert main(["--lakehouse", lakehouse, "register", "--landing", str(landing)]) == 0
     # A fresh clone: the instance folder was created with the project's dagster.yaml.
-    assert (home / "dagster.yaml").read_text() == PROJECT_DAGSTER_YAML.read_text()
+    assert (home / "dagster.yaml").read_text() == instance_config()
     assert "registered 2 new slide partitions" in capsys.readouterr().out
     # The file is cut after registration: that slide fails at `slides`, the other goes on.
     data = (landing / "goes-bad.svs").read_bytes()
@@ -105,3 +105,20 @@ def test_shell_pathgen_variables_win_over_the_repo_env(tmp_path: Path, monkeypat
         ["make", "-s", "print-env"], cwd=REPO, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert f"PATHGEN_LANDING={REPO / 'landing'}" in printed
+
+
+def test_a_new_instance_runs_as_many_slides_at_once_as_the_profile(tmp_path: Path):
+    import dagster as dg
+
+    from pathgen_dagster.cli import ensure_dagster_home
+    from pathgen_dagster.profiles import machine_profile
+
+    home = ensure_dagster_home({"DAGSTER_HOME": str(tmp_path / "home")})
+    written = (home / "dagster.yaml").read_text()
+    # Only the runs limit differs from the project's file.
+    shipped = PROJECT_DAGSTER_YAML.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(shipped, written.splitlines(), strict=True) if a != b]
+    assert [a.split(":")[0].strip() for a, _ in changed] == ["max_concurrent_runs"], changed
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_concurrency_config().run_queue_config.max_concurrent_runs
+    assert runs == machine_profile().slides_at_once

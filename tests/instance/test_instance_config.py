@@ -69,9 +69,14 @@ def test_team_config_is_the_one_person_config_on_postgres(monkeypatch):
 
 
 @pytest.mark.parametrize("pool", sorted(SHIPPED_POOL_LIMITS))
-def test_every_configured_pool_guards_an_asset(pool: str):
+def test_every_configured_pool_guards_an_asset(pool: str, monkeypatch):
     from pathgen_dagster.definitions import defs
+    from pathgen_dagster.resources.llm import BACKEND_ENV, SERVED_BACKENDS, agent_pool, configured_backend
 
     graph = defs().get_repository_def().asset_graph
     used = {name for key in graph.get_all_asset_keys() for name in graph.get(key).pools or ()}
+    if pool == "llm" and configured_backend() not in SERVED_BACKENDS:
+        # The grounded agents are CPU work (`cpu`); with a model server they take `llm`.
+        monkeypatch.setenv(BACKEND_ENV, "vllm")
+        used.add(agent_pool())
     assert pool in used, f"no asset uses pool {pool!r}: its limit in deploy/set_pools.sh guards nothing"
