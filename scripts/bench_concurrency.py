@@ -8,7 +8,8 @@
 zone's 40x slide (24,576 x 20,480, 12 islands of real H&E) with different island seeds, so
 both slots carry the same load (the sample zone's four slides differ in size); then
 measures on DIR. With ``--large`` the two are of the benchmark slide's recipe (80k x 60k,
-``pathgen samples --large``; seed 21 is that slide, ~3 minutes to write each one).
+``pathgen samples --large``; the first, of its seed, is that slide's bytes, ~3 minutes to
+write each one).
 
 Runs ``pathgen run`` over every slide in ``LANDING`` twice, each time into a fresh
 lakehouse and instance with the profile's pool limits (``deploy/set_pools.sh``): first with
@@ -139,9 +140,10 @@ def write_equal_slides(directory: Path, large: bool) -> Path:
     if large:
         recipe = samples.BENCHMARK_SLIDE
         stem = recipe.file_name.removesuffix(".svs")
+        seeds = (recipe.seed, recipe.seed + 1)
         samples.build_benchmark_slide(
             directory,
-            recipes=[replace(recipe, file_name=f"{stem}-{seed}.svs", seed=seed) for seed in (21, 22)],
+            recipes=[replace(recipe, file_name=f"{stem}-{seed}.svs", seed=seed) for seed in seeds],
         )
         return directory
     recipe = samples.SYNTHETIC_SLIDES[0]
