@@ -239,10 +239,14 @@ def _commit(
         write_id = uuid.uuid4().hex
         try:
             exists = table_version(uri, storage_options) is not None
+            # A slide's first write to a table that does not exist yet appends: there is
+            # nothing of the slide's to replace, and if another slide's writer creates the
+            # table in between, an overwrite without the predicate would drop that slide's
+            # rows (seen on S3 with two slides at once: one slide's `slides` row vanished).
             write_deltalake(
                 uri,
                 table,
-                mode=mode,
+                mode=mode if exists or predicate is None else "append",
                 predicate=predicate if exists else None,
                 partition_by=list(spec.partition_by) or None,
                 schema_mode=None,

@@ -69,6 +69,24 @@ def test_empty_partition_clears_a_slide(tmp_path):
     assert read(uri).is_empty()
 
 
+def test_a_first_write_that_finds_the_table_created_by_another_slide_keeps_its_rows(
+    tmp_path, monkeypatch
+):
+    # Two slides' first writes at once: B checked before A created the table, and writes
+    # after. The old code overwrote the whole table then, and A's rows were gone.
+    uri = str(tmp_path / "t")
+    delta.write_partition(uri, SPEC, "A", rows("A", 2))
+    monkeypatch.setattr(delta, "table_version", lambda *_: None)  # B's stale check
+    delta.write_partition(uri, SPEC, "B", rows("B", 1))
+    assert read(uri)["slide_id"].to_list() == ["A", "A", "B"]
+
+
+def test_a_first_write_of_no_rows_creates_the_table(tmp_path):
+    uri = str(tmp_path / "t")
+    delta.write_partition(uri, SPEC, "A", rows("A", 0))
+    assert delta.table_version(uri) is not None and read(uri).is_empty()
+
+
 def test_rows_of_another_slide_are_refused(tmp_path):
     with pytest.raises(delta.SchemaMismatch, match="other slides"):
         delta.write_partition(str(tmp_path / "t"), SPEC, "A", rows("B", 1))
