@@ -179,9 +179,10 @@ def measure(rgb: np.ndarray, mpp: float, detections: np.ndarray) -> dict[str, fl
     um = mpp * factor
     colour = block_mean(rgb, factor, np.float32)
     red, green, blue = colour[..., 0], colour[..., 1], colour[..., 2]
-    brightest, darkest = colour.max(axis=-1), colour.min(axis=-1)
+    brightest = np.maximum(np.maximum(red, green), blue)
+    darkest = np.minimum(np.minimum(red, green), blue)
     saturation = (brightest - darkest) / np.maximum(brightest, 1.0)
-    white = (colour.mean(axis=-1) >= _WHITE_MIN_LIGHTNESS) & (saturation <= _WHITE_MAX_SATURATION)
+    white = (_channel_mean(colour) >= _WHITE_MIN_LIGHTNESS) & (saturation <= _WHITE_MAX_SATURATION)
     tissue = ~white
     n_tissue = int(tissue.sum())
     od = np.log10(255.0 / np.maximum(colour, 1.0))
@@ -200,7 +201,7 @@ def measure(rgb: np.ndarray, mpp: float, detections: np.ndarray) -> dict[str, fl
         return float(mask.sum() / n_tissue) if n_tissue else 0.0
 
     return {
-        "keratin_fraction": share(away & (od.mean(axis=-1) > _KERATIN_MIN_OD)),
+        "keratin_fraction": share(away & (_channel_mean(od) > _KERATIN_MIN_OD)),
         "collagen_fraction": share(away & (eosin > haem) & (haem < _COLLAGEN_MAX_H)),
         "ink_fraction": _ink_fraction(colour, n_tissue),
         "red_cell_fraction": share(
@@ -217,6 +218,14 @@ def measure(rgb: np.ndarray, mpp: float, detections: np.ndarray) -> dict[str, fl
     }
 
 
+def _channel_mean(image: np.ndarray) -> np.ndarray:
+    """``image.mean(axis=-1)`` of an H x W x 3 float image, bit for bit, 10x faster: numpy
+    reduces a 3-long last axis one pixel at a time (tests/lib/selection/test_findings.py)."""
+    total = image[..., 0] + image[..., 1]
+    total += image[..., 2]
+    return np.true_divide(total, np.intp(3), out=total, casting="unsafe")
+
+
 def _ink_fraction(colour: np.ndarray, n_tissue: int) -> float:
     """Share of tissue (1 um pixels) under ink, judged on a 2 um grid: the one-pixel green
     fringes that lens aberration leaves along dark keratin edges average away there, ink
@@ -231,14 +240,16 @@ def _enclosed_lumina(white: np.ndarray, um: float) -> int:
     labels, n = ndi.label(white)
     if n == 0:
         return 0
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    border = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
     areas = np.bincount(labels.ravel(), minlength=n + 1)
+    boxes = ndi.find_objects(labels)
     found = 0
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if index in border or areas[index] * um * um < _LUMEN_MIN_AREA_UM2:
+    for index in np.flatnonzero(areas * um * um >= _LUMEN_MIN_AREA_UM2).tolist():
+        if index == 0 or index in border:
             continue
         # Area over the ellipse inscribed in the bounding box: a cheap solidity (round
         # lumina score near 1, thin clefts between fibres far below).
+        box = boxes[index - 1]
         height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
         if areas[index] / (math.pi / 4 * height * width) >= _LUMEN_MIN_SOLIDITY:
             found += 1

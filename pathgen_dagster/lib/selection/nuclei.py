@@ -117,9 +117,14 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
     spectrum = fft.rfft2(padded, _fft_shape(padded.shape))
     log_transfers, smooth_transfer = _transfers(padded.shape, sigmas, smooth_sigma)
     inside = (slice(pad, pad + h.shape[0]), slice(pad, pad + h.shape[1]))
-    stack = np.stack([_filtered(spectrum, t, padded.shape)[inside] for t in log_transfers])
-    best = stack.max(axis=0)
-    scale = stack.argmax(axis=0)
+    # The maximum over scales and the first scale that reaches it (argmax over a stack of
+    # the responses, without the stack: numpy's argmax over a leading axis is slow).
+    best = _filtered(spectrum, log_transfers[0], padded.shape)[inside].copy()
+    scale = np.zeros(best.shape, dtype=np.intp)
+    for i, transfer in enumerate(log_transfers[1:], start=1):
+        response = _filtered(spectrum, transfer, padded.shape)[inside]
+        np.putmask(scale, response > best, i)
+        np.maximum(best, response, out=best)
     smoothed = _filtered(spectrum, smooth_transfer, padded.shape)[inside]
     separation = max(1, int(round(settings.min_separation_um / grid_um)))
     peaks = (
@@ -144,7 +149,7 @@ def detect(rgb: np.ndarray, mpp: float, settings: LogSettings = DEFAULT_LOG) -> 
         w0 = _weights(sigmas[0], 0)
         red, green = (
             _separable_at(np.pad(channel, pad, mode="symmetric"), pad, rows, cols, w0, w0)
-            for channel in (block_mean(rgb[..., c].astype(np.float64), factor) for c in (0, 1))
+            for channel in (block_mean(rgb[..., c], factor) for c in (0, 1))
         )
         keep &= (green - red) / 255.0 <= settings.max_green_excess
     rows, cols, roundness = rows[keep], cols[keep], roundness[keep]
