@@ -108,6 +108,7 @@ BENCH_BASELINE ?=
 bench: demo
 	$(PY) scripts/bench_startup.py $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 	$(PY) scripts/bench_pipeline.py $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+	$(if $(BENCH_BASELINE),$(PY) scripts/bench_measure.py --baseline $(BENCH_BASELINE))
 	$(PY) scripts/bench_tiles.py $(LANDING)
 	$(PY) scripts/bench_morphology.py
 	$(PY) scripts/bench_agents.py --lakehouse $(LAKEHOUSE)
