@@ -219,7 +219,7 @@ def measure(rgb: np.ndarray, mpp: float, detections: np.ndarray) -> dict[str, fl
 
 
 def _channel_mean(image: np.ndarray) -> np.ndarray:
-    """``image.mean(axis=-1)`` of an H x W x 3 float image, bit for bit, 10x faster: numpy
+    """``image.mean(axis=-1)`` of an H x W x 3 float image, bit for bit, ~7x faster: numpy
     reduces a 3-long last axis one pixel at a time (tests/lib/selection/test_findings.py)."""
     total = image[..., 0] + image[..., 1]
     total += image[..., 2]
