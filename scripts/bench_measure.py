@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from baseline_trees import compared_trees
+from bench_pipeline import benchmark_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,14 +81,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-measure")
     args = parser.parse_args()
-    slide = args.slide
-    if slide is None:
-        from pathgen_dagster.lib.ingest.samples import BENCHMARK_SLIDE, build_benchmark_slide
-
-        slide = ROOT / "build" / "bench" / "slide" / BENCHMARK_SLIDE.file_name  # bench_pipeline's
-        if not slide.exists():
-            print(f"writing the benchmark slide {slide} (a few minutes, once)", flush=True)
-            build_benchmark_slide(slide.parent)
+    slide = args.slide or benchmark_slide()  # bench_pipeline's, shared
     tiles, mpp = sample_tiles(slide, args.tiles, args.work)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     timings: dict[str, list[float]] = {}

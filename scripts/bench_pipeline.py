@@ -53,6 +53,7 @@ VOLATILE_SUFFIXES = ("run_id", "_at", "latency_s")
 # the FFT LoG (lib/selection/nuclei.py) moves responses by ~1e-15.
 FLOAT_TOLERANCE = 1e-9
 DIRECT = "direct calls"
+DEFAULT_WORK = ROOT / "build" / "bench"
 
 
 def run(command: list[str], tree: Path, env: dict[str, str]) -> tuple[float, float, float]:
@@ -155,20 +156,24 @@ def orchestration_share(table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def benchmark_slide(work: Path = DEFAULT_WORK) -> Path:
+    """The benchmark slide of ``pathgen samples --large`` under ``work``, written when missing."""
+    from pathgen_dagster.lib.ingest.samples import BENCHMARK_SLIDE, build_benchmark_slide
+
+    slide = work / "slide" / BENCHMARK_SLIDE.file_name
+    if not slide.exists():
+        print(f"writing the benchmark slide {slide} (a few minutes, once)", flush=True)
+        build_benchmark_slide(slide.parent)
+    return slide
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="git ref to compare against (a worktree is made)")
     parser.add_argument("--slide", type=Path, help="slide file (default: the benchmark slide)")
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args()
-    slide = args.slide
-    if slide is None:
-        from pathgen_dagster.lib.ingest.samples import BENCHMARK_SLIDE, build_benchmark_slide
-
-        slide = args.work / "slide" / BENCHMARK_SLIDE.file_name
-        if not slide.exists():
-            print(f"writing the benchmark slide {slide} (a few minutes, once)")
-            build_benchmark_slide(slide.parent)
+    slide = args.slide or benchmark_slide(args.work)
     with compared_trees(ROOT, args.baseline) as trees:
         envs = {
             name: prepare(tree, args.work / name.replace(" ", "_"), slide)
