@@ -19,7 +19,7 @@ def test_the_channel_mean_is_numpys_mean_bit_for_bit() -> None:
 
 def test_enclosed_lumina_count_only_large_solid_white_holes_inside_the_tile() -> None:
     """At 1 um a pixel: two 6 um discs inside count; a disc touching the border, a 3 px speck
-    (under 20 um2) and a 2 px wide L (116 um2 in a 29 x 30 box, far from solid) do not."""
+    (under 20 um2) and a 2 px wide L (114 um2 in a 29 x 30 box, far from solid) do not."""
     yy, xx = np.mgrid[:60, :60]
     white = (yy - 12) ** 2 + (xx - 12) ** 2 <= 36  # inside, 113 px, round
     white |= (yy - 50) ** 2 + (xx - 50) ** 2 <= 36  # inside, round: a second lumen
