@@ -31,8 +31,16 @@ from skimage import color, filters, morphology
 
 from pathgen_dagster.lib.ingest.wsi import composite_on_white, read_rgb
 
-# Bytes a read region costs per pixel: RGBA from OpenSlide plus the uint16 compositing copy.
-_BYTES_PER_READ_PIXEL = 4 + 6 + 3
+# Bytes a read region costs at its peak per pixel: OpenSlide's RGBA buffer, Pillow's image of
+# it and the array numpy makes from that (4 each), then the RGB copy (3); 15-20 measured as the
+# rise of peak RSS (VmHWM) over reads of 1k-3k px squares.
+_BYTES_PER_READ_PIXEL = 20
+# A thumbnail level is read in strips of at most this many MB (max_read_mb when smaller): a read
+# briefly holds its pixels several times over, the thumbnail keeps only 1/factor^2 of them.
+_THUMBNAIL_STRIP_MB = 4
+# Whole-thumbnail temporaries (histogram, component sizes and lookups) go this many pixels
+# at a time: numpy turns uint8 and int32 indices into an 8-byte copy of the whole array.
+_BLOCK_PX = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -134,8 +142,9 @@ def read_thumbnail(
     """RGB uint8 thumbnail at about ``downsample`` of level 0, and its exact downsample.
 
     The coarsest level not coarser than ``downsample`` is read in regions of at most
-    ``max_read_mb`` and each region is block-averaged by the integer factor that brings it
-    to the thumbnail's scale; no full-level array ever exists.
+    ``max_read_mb`` (strips of a few MB where the level's downsample is whole) and each
+    region is block-averaged by the integer factor that brings it to the thumbnail's scale;
+    no full-level array ever exists.
     """
     level = slide.get_best_level_for_downsample(downsample)
     level_downsample = float(slide.level_downsamples[level])
@@ -147,8 +156,14 @@ def read_thumbnail(
         raise ReadBudgetError(
             f"one {factor}x{factor} block does not fit in max_read_mb={max_read_mb}; raise it"
         )
-    chunk_w = min(out_width, max(1, budget_px // (factor * factor))) * factor
-    chunk_h = max(1, budget_px // chunk_w // factor) * factor
+    strip_px = budget_px
+    if abs(level_downsample - round(level_downsample)) < 1e-9:
+        # Small strips hold the same pixels as one read only on a level whose downsample is
+        # whole: elsewhere OpenSlide resamples a region that starts between two of the
+        # level's pixels, so such a level keeps the fewest regions max_read_mb allows.
+        strip_px = max(factor * factor, min(budget_px, (_THUMBNAIL_STRIP_MB << 20) // _BYTES_PER_READ_PIXEL))
+    chunk_w = min(out_width, max(1, strip_px // (factor * factor))) * factor
+    chunk_h = max(1, strip_px // chunk_w // factor) * factor
     thumbnail = np.empty((out_height, out_width, 3), dtype=np.uint8)
     for top in range(0, out_height * factor, chunk_h):
         for left in range(0, out_width * factor, chunk_w):
@@ -203,17 +218,47 @@ def tissue_mask(thumbnail: np.ndarray, downsample: float, config: TilingConfig) 
     saturation, value = saturation_value(thumbnail)
     saturation = ndimage.median_filter(saturation, size=5)
     threshold = math.ceil(config.min_saturation * 255)
-    if int(saturation.max()) > threshold:
-        threshold = max(threshold, int(filters.threshold_otsu(saturation)))
+    if int(saturation.max()) > threshold and int(saturation.min()) < int(saturation.max()):
+        # skimage's Otsu from the histogram it would build itself (it trims the empty ends).
+        otsu = filters.threshold_otsu(hist=_bincount_blocks(saturation, 256))
+        threshold = max(threshold, int(otsu))
     mask = (saturation > threshold) & (value > _MIN_VALUE)
+    del saturation, value
     mask = morphology.closing(mask, morphology.disk(2))
     tile_area_thumb = (config.tile_size_px / downsample) ** 2
     min_size = max(4, int(config.min_object_fraction * tile_area_thumb))
-    mask = morphology.remove_small_objects(mask, max_size=min_size)
-    mask = morphology.remove_small_holes(mask, max_size=min_size)
+    mask = _remove_small_objects(mask, min_size)
+    mask = ~_remove_small_objects(~mask, min_size)  # skimage's remove_small_holes
     return TissueMask(
         mask=mask, thumbnail=thumbnail, downsample=downsample, saturation_threshold=threshold / 255
     )
+
+
+def _blocks(shape: tuple[int, ...]) -> list[slice]:
+    """Row slices of an array of ``shape`` holding about ``_BLOCK_PX`` pixels each."""
+    rows = max(1, _BLOCK_PX // max(1, math.prod(shape[1:])))
+    return [slice(top, top + rows) for top in range(0, shape[0], rows)]
+
+
+def _bincount_blocks(values: np.ndarray, length: int) -> np.ndarray:
+    """``np.bincount(values.ravel(), minlength=length)`` for values below ``length``."""
+    counts = np.zeros(length, dtype=np.int64)
+    for rows in _blocks(values.shape):
+        counts += np.bincount(values[rows].ravel(), minlength=length)
+    return counts
+
+
+def _remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """``skimage.morphology.remove_small_objects(mask, max_size=max_size)`` bit for bit
+    (4-connected components of at most ``max_size`` pixels dropped), in place of ``mask``,
+    without skimage's 8-byte copy of the labels (tests/lib/ingest/test_tiling.py)."""
+    labels = np.empty(mask.shape, dtype=np.int32)
+    n = ndimage.label(mask, output=labels)
+    too_small = _bincount_blocks(labels, n + 1) <= max_size
+    too_small[0] = False
+    for rows in _blocks(mask.shape):
+        mask[rows] &= ~too_small[labels[rows]]
+    return mask
 
 
 def grid_tissue_fractions(
@@ -222,7 +267,11 @@ def grid_tissue_fractions(
     """Level-0 corners and tissue fraction of every full grid cell, from an integral image."""
     xs = np.arange(0, width - size_px + 1, size_px)
     ys = np.arange(0, height - size_px + 1, size_px)
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    # The summed-area table, built in place in int32 (a thumbnail has far fewer than 2^31 px).
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=dtype)
+    np.cumsum(mask, axis=0, dtype=integral.dtype, out=integral[1:, 1:])
+    np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
 
     def edges(starts: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
         low = np.clip(np.floor(starts / downsample).astype(int), 0, limit)

@@ -7,6 +7,7 @@ import numpy as np
 import openslide
 import pytest
 
+from pathgen_dagster.lib.ingest import tiling
 from pathgen_dagster.lib.ingest.tiling import (
     TileSizeError,
     TilingConfig,
@@ -144,3 +145,37 @@ def test_large_single_level_tiff_stays_under_the_memory_ceiling(tmp_path: Path):
     assert measured["peak_mib"] - measured["before_mib"] < 400, measured
     # The disc covers about 38 % of the slide; its interior cells are kept.
     assert 0.3 < measured["tissue"] < 0.45 and measured["kept"] > 0.25 * measured["cells"]
+
+
+def test_mask_clean_up_matches_skimage_block_by_block(monkeypatch: pytest.MonkeyPatch):
+    """The low-memory small-object removal, hole filling and Otsu histogram give
+    skimage's results exactly, also when the arrays are walked in many row blocks."""
+    from skimage import filters, morphology
+
+    monkeypatch.setattr(tiling, "_BLOCK_PX", 97)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        mask = rng.random((int(rng.integers(1, 70)), int(rng.integers(1, 70)))) < rng.random()
+        max_size = int(rng.integers(0, 25))
+        expected = morphology.remove_small_objects(mask, max_size=max_size)
+        assert np.array_equal(tiling._remove_small_objects(mask.copy(), max_size), expected)
+        expected = morphology.remove_small_holes(mask, max_size=max_size)
+        assert np.array_equal(~tiling._remove_small_objects(~mask, max_size), expected)
+        saturation = rng.integers(int(rng.integers(0, 120)), 256, mask.shape).astype(np.uint8)
+        if saturation.min() < saturation.max():
+            histogram = tiling._bincount_blocks(saturation, 256)
+            assert filters.threshold_otsu(hist=histogram) == filters.threshold_otsu(saturation)
+
+
+def test_thumbnail_strips_hold_the_pixels_of_one_read(cmu_slide: Path, monkeypatch: pytest.MonkeyPatch):
+    """CMU's single level is read in several small strips, and they hold exactly the pixels
+    of one whole-level read block-averaged the same way."""
+    reads = []
+    with openslide.OpenSlide(str(cmu_slide)) as slide:
+        width, height = (-(-side // 8) * 8 for side in slide.dimensions)  # whole blocks
+        whole = tiling.block_mean(read_rgb(slide, 0, 0, 0, (width, height)), 8)
+        original = slide.read_region
+        monkeypatch.setattr(slide, "read_region", lambda *a: reads.append(a) or original(*a))
+        thumbnail, downsample = tiling.read_thumbnail(slide, 8.0)
+    assert downsample == 8.0 and len(reads) > 1
+    assert np.array_equal(thumbnail, whole)
