@@ -220,6 +220,8 @@ def tissue_mask(thumbnail: np.ndarray, downsample: float, config: TilingConfig) 
     threshold = math.ceil(config.min_saturation * 255)
     if int(saturation.max()) > threshold and int(saturation.min()) < int(saturation.max()):
         # skimage's Otsu from the histogram it would build itself (it trims the empty ends).
+        # A constant saturation above the floor is all tissue (skimage's Otsu would return
+        # that value, and `>` would then empty the mask).
         otsu = filters.threshold_otsu(hist=_bincount_blocks(saturation, 256))
         threshold = max(threshold, int(otsu))
     mask = (saturation > threshold) & (value > _MIN_VALUE)
