@@ -179,3 +179,8 @@ def test_thumbnail_strips_hold_the_pixels_of_one_read(cmu_slide: Path, monkeypat
         thumbnail, downsample = tiling.read_thumbnail(slide, 8.0)
     assert downsample == 8.0 and len(reads) > 1
     assert np.array_equal(thumbnail, whole)
+
+
+def test_a_thumbnail_all_of_one_tissue_colour_is_all_tissue():
+    thumbnail = np.full((64, 64, 3), (190, 90, 160), dtype=np.uint8)
+    assert tissue_mask(thumbnail, 32.0, TilingConfig()).mask.all()
