@@ -32,9 +32,9 @@ from skimage import color, filters, morphology
 from pathgen_dagster.lib.ingest.wsi import composite_on_white, read_rgb
 
 # Bytes a read region costs at its peak per pixel: OpenSlide's RGBA buffer, Pillow's image of
-# it and the array numpy makes from that (4 each), then the RGB copy (3); 15-20 measured as the
-# rise of peak RSS (VmHWM) over reads of 1k-3k px squares.
-_BYTES_PER_READ_PIXEL = 20
+# it and the array numpy makes from that (4 each), then the RGB copies (3-4 each); 15-22
+# measured as the rise of peak RSS (VmHWM) over reads of 1k-3k px squares.
+_BYTES_PER_READ_PIXEL = 22
 # A thumbnail level is read in strips of at most this many MB (max_read_mb when smaller): a read
 # briefly holds its pixels several times over, the thumbnail keeps only 1/factor^2 of them.
 _THUMBNAIL_STRIP_MB = 4

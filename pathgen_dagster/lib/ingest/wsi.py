@@ -236,7 +236,12 @@ def _decode_check(slide: openslide.OpenSlide) -> None:
 
 def read_rgb(slide: openslide.OpenSlide, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 array of a region whose top-left is level-0 (x, y), composited on white."""
-    return composite_on_white(np.asarray(slide.read_region((x, y), level, size)))
+    region = slide.read_region((x, y), level, size)
+    if region.getextrema()[3][0] == 255:
+        # Opaque (the usual case): Pillow drops the alpha in C, the same bytes ~2 ms sooner per
+        # 672 px tile than numpy's copy of a 3-of-4-bytes view (composite_on_white).
+        return np.array(region.convert("RGB"))
+    return composite_on_white(np.asarray(region))
 
 
 def read_tiles(
