@@ -184,3 +184,18 @@ def test_thumbnail_strips_hold_the_pixels_of_one_read(cmu_slide: Path, monkeypat
 def test_a_thumbnail_all_of_one_tissue_colour_is_all_tissue():
     thumbnail = np.full((64, 64, 3), (190, 90, 160), dtype=np.uint8)
     assert tissue_mask(thumbnail, 32.0, TilingConfig()).mask.all()
+
+
+def test_read_rgb_gives_the_composited_pixels_inside_and_past_the_edge(cmu_slide: Path):
+    """Opaque regions take Pillow's alpha drop, others the compositing on white: both give
+    what compositing every RGBA pixel gives, in a writable array."""
+    from pathgen_dagster.lib.ingest.wsi import composite_on_white
+
+    with openslide.OpenSlide(str(cmu_slide)) as slide:
+        width, height = slide.dimensions
+        for x, y, opaque in ((600, 900, True), (width - 100, height - 50, False)):  # past the corner
+            rgba = np.asarray(slide.read_region((x, y), 0, (256, 256)))
+            rgb = read_rgb(slide, x, y, 0, (256, 256))
+            assert (rgba[..., 3].min() == 255) == opaque
+            assert np.array_equal(rgb, composite_on_white(rgba)) and rgb.flags.writeable
+        assert (rgb[-1, -1] == 255).all()
