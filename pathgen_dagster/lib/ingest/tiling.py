@@ -218,7 +218,8 @@ def tissue_mask(thumbnail: np.ndarray, downsample: float, config: TilingConfig) 
     saturation, value = saturation_value(thumbnail)
     saturation = ndimage.median_filter(saturation, size=5)
     threshold = math.ceil(config.min_saturation * 255)
-    if int(saturation.max()) > threshold and int(saturation.min()) < int(saturation.max()):
+    lowest, highest = int(saturation.min()), int(saturation.max())
+    if highest > threshold and lowest < highest:
         # skimage's Otsu from the histogram it would build itself (it trims the empty ends).
         # A constant saturation above the floor is all tissue (skimage's Otsu would return
         # that value, and `>` would then empty the mask).
