@@ -25,6 +25,7 @@ the tests check that every sentence the backend writes reads back as what it mea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -378,7 +379,10 @@ def read_claims(text: str) -> list[Claim]:
     return found
 
 
-def _sentence_claims(sentence: str) -> list[Claim]:
+# Captions, revisions, quality rules and instruction options re-read the same sentences
+# (the benchmark slide: 38k calls); the claims depend on the sentence alone.
+@functools.lru_cache(maxsize=8192)
+def _sentence_claims(sentence: str) -> tuple[Claim, ...]:
     found = []
     # Matched words are blanked for every later wording, of this rule and of later rules:
     # "moderate pleomorphism, scant stroma" must not also read as "moderate ... stroma".
@@ -395,7 +399,7 @@ def _sentence_claims(sentence: str) -> list[Claim]:
         for match in pattern.finditer(sentence):
             if not _denied(sentence, match.start(), match.end()):
                 found.append(Claim(finding, match.group(), frozenset(), match.start()))
-    return sorted(found, key=lambda c: c.start)
+    return tuple(sorted(found, key=lambda c: c.start))
 
 
 def _denied(sentence: str, start: int, end: int) -> bool:

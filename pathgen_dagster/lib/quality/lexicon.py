@@ -241,6 +241,8 @@ class Lexicon:
         for specific, generals in self._implied_by.items():
             for general in generals:
                 self._implying[general].add(specific)
+        # Quality rules compare many captions with one description: each text is read once.
+        self._cached_mentions = functools.lru_cache(maxsize=8192)(self._find_mentions)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Lexicon:
@@ -275,6 +277,9 @@ class Lexicon:
         Matching is case- and accent-insensitive and whole-word; the longest form wins
         ("prominent nucleoli" over "nucleoli"); hyphens count as spaces.
         """
+        return list(self._cached_mentions(text))
+
+    def _find_mentions(self, text: str) -> tuple[Mention, ...]:
         units = self._units(text)
         self._negate(units)
         found = []
@@ -291,7 +296,7 @@ class Lexicon:
                         text=text[unit.start : unit.end],
                     )
                 )
-        return found
+        return tuple(found)
 
     def unsupported_claims(self, caption: str, description: str) -> list[Claim]:
         """Returns the caption's findings that the description does not support, in order.

@@ -197,6 +197,17 @@ def test_mentions_carry_offsets_and_surface_text(lexicon: Lexicon) -> None:
         mentions[0].negated = True  # type: ignore[misc]
 
 
+def test_a_text_read_again_gives_the_same_mentions_in_a_list_of_its_own(lexicon: Lexicon) -> None:
+    # mentions() caches per text: what a caller does to its list must not reach the cache.
+    text = "No necrosis; marked pleomorphism"
+    first = lexicon.mentions(text)
+    expected = list(first)
+    first.clear()
+    again = lexicon.mentions(text)
+    assert again == expected and expected
+    assert again is not lexicon.mentions(text)
+
+
 @pytest.mark.parametrize(
     "text",
     ["necrosis", "(necrosis)", "necrosis.", "...necrosis!", "'necrosis'", "\nnecrosis\t"],
