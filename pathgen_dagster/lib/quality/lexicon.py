@@ -241,8 +241,6 @@ class Lexicon:
         for specific, generals in self._implied_by.items():
             for general in generals:
                 self._implying[general].add(specific)
-        # Quality rules compare many captions with one description: each text is read once.
-        self._cached_mentions = functools.lru_cache(maxsize=8192)(self._find_mentions)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Lexicon:
@@ -277,7 +275,7 @@ class Lexicon:
         Matching is case- and accent-insensitive and whole-word; the longest form wins
         ("prominent nucleoli" over "nucleoli"); hyphens count as spaces.
         """
-        return list(self._cached_mentions(text))
+        return list(_mentions_of(self, text))
 
     def _find_mentions(self, text: str) -> tuple[Mention, ...]:
         units = self._units(text)
@@ -586,6 +584,13 @@ def _plurals(word: str) -> list[str]:
     if word.endswith("a"):
         return [word + "e", word + "s"]
     return [word + "s"]
+
+
+# Quality rules compare many captions with one description: each text is read once. Kept
+# outside the instance so that a Lexicon still pickles (multiprocessing, Ray).
+@functools.lru_cache(maxsize=8192)
+def _mentions_of(lexicon: Lexicon, text: str) -> tuple[Mention, ...]:
+    return lexicon._find_mentions(text)
 
 
 @functools.cache

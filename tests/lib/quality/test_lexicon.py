@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pickle
 from importlib import resources
 
 import pytest
@@ -206,6 +207,13 @@ def test_a_text_read_again_gives_the_same_mentions_in_a_list_of_its_own(lexicon:
     again = lexicon.mentions(text)
     assert again == expected and expected
     assert again is not lexicon.mentions(text)
+
+
+def test_a_lexicon_pickles_and_reads_alike_after(lexicon: Lexicon) -> None:
+    text = "No necrosis; marked pleomorphism"
+    copy = pickle.loads(pickle.dumps(lexicon))
+    assert copy.mentions(text) == lexicon.mentions(text)
+    assert copy.version == lexicon.version
 
 
 @pytest.mark.parametrize(
